@@ -1,0 +1,5 @@
+import sys
+
+from dpedu.cli import main
+
+sys.exit(main())
