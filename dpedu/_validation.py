@@ -64,3 +64,12 @@ def check_steps(steps, name: str = "steps") -> int:
     if steps < 1:
         raise ValueError(f"{name} must be an integer >= 1, got {steps!r}")
     return int(steps)
+
+
+def check_non_negative(name: str, value, *, allow_inf: bool = False) -> float:
+    """Returns ``value`` as a float if it is >= 0 (and finite unless ``allow_inf``)."""
+    value = _as_float(name, value)
+    if not value >= 0 or (math.isinf(value) and not allow_inf):
+        bound = "[0, inf]" if allow_inf else "[0, inf)"
+        raise ValueError(f"{name} must be in {bound}, got {value!r}")
+    return value
