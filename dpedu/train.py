@@ -1,0 +1,342 @@
+"""Training a :class:`~dpedu.configs.TrainConfig` with DP-SGD, and the JSON record of the run.
+
+The loop is Abadi et al. 2016's Algorithm 1 as the library's pieces implement it:
+
+1. load the data the config names (never other data: a missing file is a ``DataError``);
+2. for the MNIST MLP, learn the input projection: DP-PCA (:mod:`dpedu.pca`, its cost composed into
+   ε) or an exact PCA of held-out "public" images that are then not trained on;
+3. calibrate σ so that the mechanism that will run — Poisson sampling with rate
+   ``q = batch_size / N`` for ``T = round(epochs / q)`` steps (or shuffled batches, accounted as
+   such), composed with the DP-PCA — meets ``target_epsilon`` at ``delta``;
+4. each step: a Poisson batch (:mod:`dpedu.sampling`), padded to micro-batches, K augmented copies
+   per example if ``augmult`` (:mod:`dpedu.augment`), the jitted DP-SGD step
+   (:func:`dpedu.dpsgd.make_dp_step`) with an optax optimiser, and the parameter EMA
+   (:mod:`dpedu.averaging`) if ``ema``;
+5. after each epoch, test accuracy and ε so far; at the end, the record
+   (:func:`dpedu.provenance.record`) with ε of the whole mechanism that ran.
+
+Taught in notebooks/03_dpsgd_mnist.ipynb.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from dpedu import accounting, augment, averaging, data, dpsgd, models, pca, sampling
+from dpedu.configs import TrainConfig, get_config
+
+# Public, data-independent input normalisation, as Tramèr & Boneh's code does it: none for MNIST
+# (pixels in [0, 1]); ImageNet's channel means and standard deviations for CIFAR-10 (statistics of
+# the private training set would themselves need a privacy budget).
+_INPUT_NORMALIZATION = {"cifar10": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))}
+_EVAL_BATCH = 1000
+_SIGMA_MAX = 1e8
+_CALIBRATION_TOLERANCE = 0.99  # σ is found to within 1 %
+
+
+def _load(config: TrainConfig, data_dir, dataset: data.Dataset | None) -> data.Dataset:
+    if dataset is None:
+        loader = {"mnist": data.load_mnist, "cifar10": data.load_cifar10}[config.dataset]
+        dataset = loader(source=config.source or "auto", data_dir=data_dir)
+    if config.train_examples is not None or config.test_examples is not None:
+        dataset = data.subset(
+            dataset, config.train_examples or len(dataset.train_labels),
+            config.test_examples or len(dataset.test_labels), seed=0,
+        )
+    if config.dataset in _INPUT_NORMALIZATION:
+        mean, std = _INPUT_NORMALIZATION[config.dataset]
+        dataset = dataset._replace(train_images=data.standardize(dataset.train_images, mean, std),
+                                   test_images=data.standardize(dataset.test_images, mean, std))
+    return dataset
+
+
+def _project(config: TrainConfig, dataset: data.Dataset, rng: np.random.Generator):
+    """Abadi et al.'s PCA input layer: ``(train_x, train_y, test_x, pca_record)``."""
+    train_x, train_y, test_x = dataset.train_images, dataset.train_labels, dataset.test_images
+    if config.pca is None:
+        return train_x, train_y, test_x, None
+    if config.pca == "dp":
+        projection = pca.dp_pca_projection(train_x, config.pca_dims, config.pca_noise_multiplier, rng)
+        info = {"kind": "dp", "dims": config.pca_dims, "noise_multiplier": config.pca_noise_multiplier,
+                "examples": len(train_y), "note": "DP-PCA on the training images; its cost is in epsilon"}
+    else:
+        if config.public_examples >= len(train_y):
+            raise ValueError(f"public_examples must be < the {len(train_y)} training examples, "
+                             f"got {config.public_examples}")
+        public = slice(len(train_y) - config.public_examples, None)
+        projection = pca.dp_pca_projection(train_x[public], config.pca_dims, 0.0, rng)
+        train_x, train_y = train_x[: public.start], train_y[: public.start]
+        info = {"kind": "public", "dims": config.pca_dims, "examples": config.public_examples,
+                "note": (f"exact PCA of the last {config.public_examples} training images, treated "
+                         "as public and NOT trained on; epsilon covers the other training examples")}
+    return pca.project(train_x, projection), train_y, pca.project(test_x, projection), info
+
+
+def _training_event(config: TrainConfig, sigma: float, q: float, steps: int, num_examples: int):
+    """The DpEvent of what ran: DP-SGD with the config's sampler, after DP-PCA if any."""
+    event = accounting.dp_event(sigma, q, steps, sampler=config.sampler, num_examples=num_examples)
+    return pca.composed_dp_event(config.pca_noise_multiplier, event) if config.pca == "dp" else event
+
+
+def _calibrate(config: TrainConfig, q: float, steps: int, num_examples: int) -> float:
+    """Smallest σ (to 1 %) for which :func:`_training_event` meets the target ε at δ."""
+    target, delta, accountant = config.target_epsilon, config.delta, config.accountant
+    if config.pca == "dp":
+        pca_epsilon = accounting.epsilon_for_event(pca.pca_dp_event(config.pca_noise_multiplier), delta, accountant)
+        if pca_epsilon >= target:
+            raise ValueError(f"target_epsilon={target} is already spent by the DP-PCA alone (epsilon "
+                             f"{pca_epsilon:.3g} with pca_noise_multiplier={config.pca_noise_multiplier}); "
+                             "raise target_epsilon or pca_noise_multiplier")
+
+    def meets(s):
+        event = _training_event(config, s, q, steps, num_examples)
+        return accounting.epsilon_for_event(event, delta, accountant) <= target
+
+    # Composition with DP-PCA and shuffled-batch accounting only raise ε, so σ for plain Poisson
+    # DP-SGD is a lower bound; it is also the answer when neither applies. Bracket upwards from
+    # it, then bisect in log σ. Every check uses the event that will be reported.
+    sigma = accounting.calibrate_noise_multiplier(target, q, steps, delta, accountant)
+    lo, hi = sigma, sigma
+    while not meets(hi):
+        lo, hi = hi, 2 * hi
+        if hi > _SIGMA_MAX:
+            raise ValueError(f"target_epsilon={target} needs noise_multiplier > {_SIGMA_MAX:g}; "
+                             "raise target_epsilon or train for fewer epochs")
+    while lo < _CALIBRATION_TOLERANCE * hi:
+        mid = math.sqrt(lo * hi)
+        lo, hi = (lo, mid) if meets(mid) else (mid, hi)
+    return hi
+
+
+def _optimizer(config: TrainConfig, q: float, steps: int) -> optax.GradientTransformation:
+    if config.lr_schedule == "linear":  # Abadi et al.: lr -> lr_end over lr_decay_epochs, then flat
+        lr = optax.linear_schedule(config.lr, config.lr_end, max(1, round(config.lr_decay_epochs / q)))
+    elif config.lr_schedule == "cosine":
+        lr = optax.cosine_decay_schedule(config.lr, steps)
+    else:
+        lr = config.lr
+    if config.optimizer == "adam":
+        return optax.adam(lr)
+    return optax.sgd(lr, momentum=config.momentum if config.optimizer == "momentum" else None)
+
+
+def _batches(config: TrainConfig, rng: np.random.Generator, num_examples: int, q: float, steps: int):
+    """``steps`` index arrays: Poisson batches (rate q), or fixed-size batches of shuffled epochs."""
+    if config.sampler == "poisson":
+        for _ in range(steps):
+            yield sampling.poisson_batch_indices(rng, num_examples, q)
+        return
+    done = 0
+    while done < steps:
+        for batch in sampling.shuffled_batches(rng, num_examples, config.batch_size):
+            yield batch
+            done += 1
+            if done == steps:
+                return
+
+
+def evaluate(module, params, images: np.ndarray, labels: np.ndarray, batch_size: int = _EVAL_BATCH) -> dict:
+    """Test accuracy and mean cross-entropy of ``module`` with ``params``, jitted, in fixed batches.
+
+    The last batch is padded (and masked), so one compiled shape serves the whole set.
+
+    Taught in notebooks/03_dpsgd_mnist.ipynb.
+    """
+    apply = _eval_fn(module)
+    correct, loss = 0.0, 0.0
+    for start in range(0, len(labels), batch_size):
+        x, y = images[start:start + batch_size], labels[start:start + batch_size]
+        n = len(y)
+        if n < batch_size:
+            x = np.concatenate([x, np.zeros((batch_size - n, *x.shape[1:]), x.dtype)])
+            y = np.concatenate([y, np.zeros(batch_size - n, y.dtype)])
+        c, l_sum = apply(params, x, y, np.arange(batch_size) < n)
+        correct, loss = correct + float(c), loss + float(l_sum)
+    return {"accuracy": correct / len(labels), "loss": loss / len(labels)}
+
+
+@functools.lru_cache(maxsize=8)
+def _eval_fn(module):
+    @jax.jit
+    def counts(params, x, y, mask):
+        logits = module.apply(params, x)
+        losses = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+        right = jnp.argmax(logits, axis=-1) == y
+        return jnp.sum(jnp.where(mask, right, False)), jnp.sum(jnp.where(mask, losses, 0.0))
+
+    return counts
+
+
+def train(config: TrainConfig, data_dir=None, progress: bool = True, dataset: data.Dataset | None = None) -> dict:
+    """Trains ``config`` and returns its record (a JSON-ready dict).
+
+    Args:
+        config: what to run (see :class:`~dpedu.configs.TrainConfig`).
+        data_dir: data folder for the loaders (default ``$DPEDU_DATA_DIR``).
+        progress: show a progress bar (``dpedu.progress``; ``TQDM_DISABLE=1`` also hides it).
+        dataset: an already loaded :class:`dpedu.data.Dataset` of ``config.dataset`` (the config's
+            subset and normalisation are still applied); default: load it.
+
+    Returns:
+        The record: ``config``, ``model``, ``dataset`` (name, source, notes, sizes),
+        ``test_accuracy``, ``epsilon``, ``delta``, ``accountant``, ``noise_multiplier``,
+        ``sampling_rate``, ``steps``, ``l2_clip_norm``, ``batch_size``, ``augmult``, ``ema``,
+        ``seed``, ``sampler``, ``quick``, ``private``, ``pca``, ``history`` (per epoch: test
+        accuracy and loss, ε so far), timings, and provenance (``command``, ``git_commit``,
+        ``device``, ``date``).
+
+    Formal guarantees:
+        ``epsilon`` is computed by ``config.accountant`` (dp-accounting) for the DpEvent of the
+        mechanism that ran: ``T`` steps of the sampled Gaussian mechanism with the σ used, Poisson
+        sampling accounted as Poisson (shuffled batches as :func:`dpedu.accounting.dp_event`
+        says), composed with the DP-PCA when there is one; it is ≤ ``target_epsilon``. The test
+        set is only used for evaluation. Non-private runs (``private=False``) have
+        ``epsilon = None``.
+
+    Raises:
+        ValueError: a bad config value or an unreachable target (e.g. ε ≤ the DP-PCA's cost).
+        dpedu.data.DataError: the data is missing or fails its checks.
+
+    Taught in notebooks/03_dpsgd_mnist.ipynb.
+    """
+    from dpedu.progress import progress as progress_bar
+    from dpedu.provenance import record
+
+    if not isinstance(config, TrainConfig):
+        raise ValueError(f"config must be a dpedu.configs.TrainConfig, got {type(config).__name__}")
+    start = time.perf_counter()
+    sampling_seed, pca_seed = np.random.SeedSequence(config.seed).spawn(2)
+    dataset = _load(config, data_dir, dataset)
+    train_x, train_y, test_x, pca_info = _project(config, dataset, np.random.default_rng(pca_seed))
+    test_y = dataset.test_labels
+    num_examples = len(train_y)
+    if config.batch_size > num_examples:
+        raise ValueError(f"batch_size must be <= the {num_examples} training examples, got {config.batch_size}")
+    q = config.batch_size / num_examples
+    steps = max(1, round(config.epochs / q))
+
+    t0 = time.perf_counter()
+    sigma = _calibrate(config, q, steps, num_examples) if config.private else 0.0
+    accounting_seconds = time.perf_counter() - t0
+
+    module, params = models.init_params(config.model, config.seed, **config.model_overrides())
+    optimizer = _optimizer(config, q, steps)
+
+    def loss_fn(p, x, y):
+        return optax.softmax_cross_entropy_with_integer_labels(module.apply(p, x[None])[0], y)
+
+    augmult = config.augmult > 0
+    if config.private:
+        step_fn = dpsgd.make_dp_step(loss_fn, optimizer, l2_clip_norm=config.l2_clip_norm, noise_multiplier=sigma,
+                                     expected_batch_size=config.batch_size, augmult=augmult)
+    else:
+        step_fn = dpsgd.make_nonprivate_step(loss_fn, optimizer, augmult=augmult)
+    opt_state = optimizer.init(params)
+    ema_update = jax.jit(functools.partial(averaging.ema_update, decay=config.ema)) if config.ema else None
+    average = averaging.ema_init(params) if config.ema else None
+
+    noise_root, augment_root = jax.random.split(jax.random.key(config.seed))
+    epoch_ends = {min(steps, max(1, round(e / q))) for e in range(1, math.ceil(config.epochs) + 1)}
+    history, stats_sum, eval_seconds = [], {"clipped_fraction": 0.0, "batch_size": 0.0}, 0.0
+    bar = progress_bar(total=steps, desc=config.name, unit="step", **({} if progress else {"disable": True}))
+    rng = np.random.default_rng(sampling_seed)
+    t_train = time.perf_counter()
+    for step, indices in enumerate(_batches(config, rng, num_examples, q, steps), start=1):
+        idx, mask = sampling.pad_to_microbatches(indices, config.microbatch_size)
+        inputs = train_x[idx]
+        if augmult:
+            flat = inputs.reshape(-1, *inputs.shape[2:])
+            copies = augment.augmult(jax.random.fold_in(augment_root, step), flat, config.augmult)
+            inputs = copies.reshape(*idx.shape, *copies.shape[1:])
+        params, opt_state, stats = step_fn(params, opt_state, jax.random.fold_in(noise_root, step),
+                                           inputs, train_y[idx], mask)
+        if ema_update is not None:
+            average = ema_update(average, params, step - 1)
+        for key in stats_sum:
+            stats_sum[key] = stats_sum[key] + stats.get(key, 0.0)  # device arrays: no sync here
+        bar.update(1)
+        if step in epoch_ends:
+            t_eval = time.perf_counter()
+            metrics = evaluate(module, average if ema_update else params, test_x, test_y)
+            eps_so_far = (accounting.epsilon_for_event(_training_event(config, sigma, q, step, num_examples),
+                                                       config.delta, config.accountant) if config.private else None)
+            history.append({"epoch": round(step * q, 3), "step": step, "test_accuracy": metrics["accuracy"],
+                            "test_loss": metrics["loss"], "epsilon": eps_so_far})
+            eval_seconds += time.perf_counter() - t_eval
+            bar.set_postfix(test_acc=f"{metrics['accuracy']:.4f}", test_loss=f"{metrics['loss']:.3f}",
+                            eps="-" if eps_so_far is None else f"{eps_so_far:.3f}")
+    bar.close()
+    train_seconds = time.perf_counter() - t_train - eval_seconds
+
+    epsilon = history[-1]["epsilon"]
+    if config.private and not epsilon <= config.target_epsilon:
+        raise RuntimeError(f"internal error: epsilon {epsilon} exceeds target {config.target_epsilon}")
+    spec = models.get_model(config.model)
+    return record(
+        config=dataclasses.asdict(config),
+        model={"name": config.model, "overrides": config.model_overrides(), "description": spec.description,
+               "parameters": models.count_params(params)},
+        dataset={"name": dataset.name, "source": dataset.source, "notes": dataset.notes,
+                 "train_examples": num_examples, "test_examples": len(test_y)},
+        test_accuracy=history[-1]["test_accuracy"],
+        epsilon=epsilon,
+        target_epsilon=config.target_epsilon,
+        delta=config.delta,
+        accountant=config.accountant,
+        private=config.private,
+        noise_multiplier=sigma,
+        sampling_rate=q,
+        steps=steps,
+        epochs=config.epochs,
+        l2_clip_norm=config.l2_clip_norm,
+        batch_size=config.batch_size,
+        microbatch_size=config.microbatch_size,
+        augmult=config.augmult,
+        ema=config.ema,
+        seed=config.seed,
+        sampler=config.sampler,
+        quick=config.quick,
+        pca=pca_info,
+        mean_clipped_fraction=float(stats_sum["clipped_fraction"]) / steps if config.private else None,
+        mean_batch_size=float(stats_sum["batch_size"]) / steps,
+        history=history,
+        train_seconds=train_seconds,
+        eval_seconds=eval_seconds,
+        accounting_seconds=accounting_seconds,
+        wall_seconds=time.perf_counter() - start,
+    )
+
+
+def main(args) -> int:
+    """``dpedu train``: runs a registered config (its quick variant with ``--quick`` or
+    ``DPEDU_QUICK=1``), prints a summary line, writes the record to ``--out``.
+
+    Taught in notebooks/03_dpsgd_mnist.ipynb.
+    """
+    quick = bool(args.quick) or os.environ.get("DPEDU_QUICK") == "1"
+    config = get_config(args.config, quick=quick)
+    overrides = {name: getattr(args, name) for name in ("target_epsilon", "delta", "epochs", "seed", "source")
+                 if getattr(args, name, None) is not None}
+    if overrides:
+        config = dataclasses.replace(config, **overrides)
+    result = train(config, data_dir=args.data_dir)
+    if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=2)
+            f.write("\n")
+    eps = "non-private" if result["epsilon"] is None else f"ε = {result['epsilon']:.3f} at δ = {result['delta']:g}"
+    print(f"{config.name}{' (quick)' if config.quick else ''}: test accuracy {result['test_accuracy']:.4f} "
+          f"on {result['dataset']['name']}, {eps} ({result['accountant']}, σ = {result['noise_multiplier']:.4g}, "
+          f"{result['steps']} steps), {result['wall_seconds']:.1f} s" + (f"; record: {args.out}" if args.out else ""))
+    return 0
