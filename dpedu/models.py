@@ -55,7 +55,7 @@ class AbadiMLP(nn.Module):
 
 # Tramèr & Boneh 2021, Table 9, as in their released PyTorch code (models.py): each conv layer is
 # (features, kernel, stride, padding) followed by tanh; "M" is a 2x2 max-pool of the given stride.
-_TANH_CNN_LAYERS = {
+TANH_CNN_LAYERS = {
     # MNIST: conv 16 8x8 /2 pad 2 -> 13x13, pool /1 -> 12x12, conv 32 4x4 /2 -> 5x5, pool /1 -> 4x4.
     "mnist": ((16, 8, 2, 2), ("M", 1), (32, 4, 2, 0), ("M", 1)),
     # CIFAR-10: (conv 3x3 pad 1, conv 3x3 pad 1, pool /2) with 32, 64, 128 channels -> 4x4x128.
@@ -66,7 +66,7 @@ _TANH_CNN_LAYERS = {
     ),
 }
 # The classifier's hidden layer: 32 units (MNIST) and 128 units (CIFAR-10), tanh, then 10 logits.
-_TANH_CNN_HIDDEN = {"mnist": 32, "cifar10": 128}
+TANH_CNN_HIDDEN = {"mnist": 32, "cifar10": 128}
 
 
 class TanhCNN(nn.Module):
@@ -84,9 +84,9 @@ class TanhCNN(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        if self.variant not in _TANH_CNN_LAYERS:
-            raise ValueError(f"variant must be one of {sorted(_TANH_CNN_LAYERS)}, got {self.variant!r}")
-        for layer in _TANH_CNN_LAYERS[self.variant]:
+        if self.variant not in TANH_CNN_LAYERS:
+            raise ValueError(f"variant must be one of {sorted(TANH_CNN_LAYERS)}, got {self.variant!r}")
+        for layer in TANH_CNN_LAYERS[self.variant]:
             if layer[0] == "M":
                 x = nn.max_pool(x, (2, 2), strides=(layer[1], layer[1]))
             else:
@@ -94,7 +94,7 @@ class TanhCNN(nn.Module):
                 x = nn.Conv(features, (kernel, kernel), strides=stride, padding=((pad, pad), (pad, pad)))(x)
                 x = jnp.tanh(x)
         x = x.reshape((x.shape[0], -1))
-        x = jnp.tanh(nn.Dense(_TANH_CNN_HIDDEN[self.variant])(x))
+        x = jnp.tanh(nn.Dense(TANH_CNN_HIDDEN[self.variant])(x))
         return nn.Dense(self.num_classes)(x)
 
 

@@ -88,15 +88,20 @@ def _training_event(config: TrainConfig, sigma: float, q: float, steps: int, num
     return pca.composed_dp_event(config.pca_noise_multiplier, event) if config.pca == "dp" else event
 
 
+def _check_pca_budget(config: TrainConfig) -> None:
+    """ValueError if the DP-PCA alone already spends the target ε (nothing left for training)."""
+    if config.private and config.pca == "dp":
+        event = pca.pca_dp_event(config.pca_noise_multiplier)
+        pca_epsilon = accounting.epsilon_for_event(event, config.delta, config.accountant)
+        if pca_epsilon >= config.target_epsilon:
+            raise ValueError(f"target_epsilon={config.target_epsilon} is already spent by the DP-PCA alone "
+                             f"(epsilon {pca_epsilon:.3g} with pca_noise_multiplier={config.pca_noise_multiplier}); "
+                             "raise target_epsilon or pca_noise_multiplier")
+
+
 def _calibrate(config: TrainConfig, q: float, steps: int, num_examples: int) -> float:
     """Smallest σ (to 1 %) for which :func:`_training_event` meets the target ε at δ."""
     target, delta, accountant = config.target_epsilon, config.delta, config.accountant
-    if config.pca == "dp":
-        pca_epsilon = accounting.epsilon_for_event(pca.pca_dp_event(config.pca_noise_multiplier), delta, accountant)
-        if pca_epsilon >= target:
-            raise ValueError(f"target_epsilon={target} is already spent by the DP-PCA alone (epsilon "
-                             f"{pca_epsilon:.3g} with pca_noise_multiplier={config.pca_noise_multiplier}); "
-                             "raise target_epsilon or pca_noise_multiplier")
 
     def meets(s):
         event = _training_event(config, s, q, steps, num_examples)
@@ -200,8 +205,19 @@ def train(config: TrainConfig, data_dir=None, progress: bool = True, dataset: da
         mechanism that ran: ``T`` steps of the sampled Gaussian mechanism with the σ used, Poisson
         sampling accounted as Poisson (shuffled batches as :func:`dpedu.accounting.dp_event`
         says), composed with the DP-PCA when there is one; it is ≤ ``target_epsilon``. The test
-        set is only used for evaluation. Non-private runs (``private=False``) have
-        ``epsilon = None``.
+        set is only used for evaluation.
+
+        ==================================  ==================================================
+        config                              ``epsilon`` accounts for
+        ==================================  ==================================================
+        ``sampler="poisson"``               T steps of ``PoissonSampled(q, Gaussian(σ))``
+        ``sampler="shuffle"``               one ``Gaussian(σ)`` per epoch started (no
+                                            amplification claimed)
+        ``pca="dp"``                        ``Gaussian(σ_p)`` composed with the above
+        ``pca="public"``                    the above, over the non-public examples only
+        ``private=False``                   nothing: ``epsilon = None``, σ = 0
+        target below the DP-PCA's own ε     ``ValueError`` before any work
+        ==================================  ==================================================
 
     Raises:
         ValueError: a bad config value or an unreachable target (e.g. ε ≤ the DP-PCA's cost).
@@ -215,6 +231,7 @@ def train(config: TrainConfig, data_dir=None, progress: bool = True, dataset: da
     if not isinstance(config, TrainConfig):
         raise ValueError(f"config must be a dpedu.configs.TrainConfig, got {type(config).__name__}")
     start = time.perf_counter()
+    _check_pca_budget(config)
     sampling_seed, pca_seed = np.random.SeedSequence(config.seed).spawn(2)
     dataset = _load(config, data_dir, dataset)
     train_x, train_y, test_x, pca_info = _project(config, dataset, np.random.default_rng(pca_seed))
