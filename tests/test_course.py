@@ -91,19 +91,65 @@ def test_colab_setup_installs_from_the_repository_only_on_colab(monkeypatch):
     assert args[3] == course.PIP_SPEC and course.GITHUB_URL in args[3]
 
 
-def test_binder_pins_satisfy_the_package_lower_bounds():
-    import tomllib
-
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    wanted = [Requirement(r) for r in project["dependencies"] + project["optional-dependencies"]["notebooks"]]
+def _binder_pins() -> dict[str, str]:
     pins = {}
     for line in (ROOT / "binder" / "environment.yml").read_text().splitlines():
         m = re.match(r"\s*-\s*([A-Za-z0-9_.-]+)==([^\s#]+)", line)
         if m:
             pins[m.group(1).lower().replace("_", "-")] = m.group(2)
+    return pins
+
+
+def test_binder_pins_satisfy_the_package_lower_bounds():
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = [Requirement(r) for r in project["dependencies"] + project["optional-dependencies"]["notebooks"]]
+    pins = _binder_pins()
     for req in wanted:
         key = req.name.lower().replace("_", "-")
         assert key in pins, f"binder/environment.yml must pin {req.name}"
         assert req.specifier.contains(pins[key]), f"{req.name}=={pins[key]} violates {req.specifier}"
     postbuild = (ROOT / "binder" / "postBuild").read_text()
     assert "set -euo pipefail" in postbuild and "pip install --no-deps -e ." in postbuild
+
+
+def test_binder_start_runs_notebooks_in_quick_mode_unless_told_otherwise():
+    import os
+    import subprocess
+
+    start = ROOT / "binder" / "start"
+    env = {k: v for k, v in os.environ.items() if k != "DPEDU_QUICK"}
+    show = ["bash", str(start), "sh", "-c", 'printf %s "$DPEDU_QUICK"']
+    assert subprocess.run(show, env=env, capture_output=True, text=True, timeout=30).stdout == "1"
+    env["DPEDU_QUICK"] = "0"  # a user who asks for full mode gets it
+    assert subprocess.run(show, env=env, capture_output=True, text=True, timeout=30).stdout == "0"
+
+
+def test_binder_environment_renders_widgets_in_jupyterlab():
+    from packaging.version import Version
+
+    pins = _binder_pins()
+    # JupyterLab 4 renders ipywidgets 8 (its jupyterlab_widgets 3 comes as a dependency).
+    assert Version(pins["jupyterlab"]).major >= 4 and Version(pins["ipywidgets"]).major >= 8
+
+
+def test_binder_badge_opens_jupyterlab_on_the_notebooks_folder():
+    from urllib.parse import parse_qs, urlparse
+
+    url = urlparse(course.binder_url())
+    assert (url.scheme, url.netloc) == ("https", "mybinder.org")
+    assert url.path == f"/v2/gh/{course.REPOSITORY}/{course.REF}"
+    (urlpath,) = parse_qs(url.query)["urlpath"]
+    assert urlpath == "lab/tree/notebooks" and NOTEBOOK_DIR.is_dir()
+    readme = (ROOT / "README.md").read_text()
+    assert f"[![Binder](https://mybinder.org/badge_logo.svg)]({course.binder_url()})" in readme
+
+
+def test_colab_install_names_an_extra_the_package_defines():
+    import tomllib
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    req = Requirement(course.PIP_SPEC)
+    assert req.name == "dpedu" and req.extras <= set(extras)
+    assert req.url == f"git+{course.GITHUB_URL}@{course.REF}"
