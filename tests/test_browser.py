@@ -2,7 +2,7 @@
 
 1. Notebook 02's widget, served by Voilà on 127.0.0.1: moving the σ slider changes the printed ε
    and the plot.
-2. A slide deck opened from disk (as an instructor would, offline) renders its figures and math
+2. Every slide deck of this run opened from disk (as an instructor would, offline) renders its figures and math
    with no JavaScript error or failed load in the console.
 
 Screenshots go to artifacts/screenshots/. Skipped, saying why, only where Chromium or its driver
@@ -131,37 +131,41 @@ def test_sigma_slider_changes_printed_epsilon_and_plot(browser, screenshots, tmp
 
 
 @pytest.fixture
-def deck(request, tmp_path):
-    """Notebook 01's deck from this session's run, else (notebooks not run) a synthetic one."""
+def decks(request, tmp_path):
+    """Every deck built from this session's notebooks, else (notebooks not run) a synthetic one."""
     try:
-        decks = request.getfixturevalue("session_decks")
+        built = sorted(request.getfixturevalue("session_decks").values())
     except pytest.skip.Exception:
-        decks = {}
-    built = sorted(decks.values())
+        built = []
     if built:
-        return built[0]
+        return built
     source = tmp_path / "01_gaussian_mechanism.ipynb"
     nbformat.write(tiny_executed_notebook(), source)
     try:
-        (tiny,) = slides.build_decks([source], tmp_path / "slides")
+        return slides.build_decks([source], tmp_path / "slides")
     except slides.AssetError as err:
         pytest.skip(f"no deck can be built offline: {err}")
-    return tiny
 
 
-def test_slide_deck_renders_offline_with_figures_and_no_js_errors(browser, screenshots, deck):
+def test_every_slide_deck_renders_offline_with_figures_and_no_js_errors(browser, screenshots, decks):
+    for deck in decks:
+        _check_deck(browser, screenshots, deck)
+
+
+def _check_deck(browser, screenshots, deck):
+    """Opens ``deck`` from disk as an instructor would: reveal.js, figures, math, notes, no errors."""
     start = time.perf_counter()
     browser.get("about:blank")
     console_errors(browser)  # start from an empty log: only this deck's messages count
     browser.get(deck.resolve().as_uri())
     wait_for(lambda: browser.execute_script("return !!(window.Reveal && Reveal.isReady && Reveal.isReady())"),
-             30, message="reveal.js ready")
+             30, message=f"reveal.js ready in {deck.name}")
     version = browser.execute_script("return Reveal.VERSION")
     assert version == slides.WEB_PACKAGES["reveal.js"][0]
     figures = browser.execute_script(
         "return Array.from(document.querySelectorAll('.slides img'))"
         ".filter(img => img.src.startsWith('data:image/') && img.naturalWidth > 0).length")
-    assert figures > 0, "no rendered figure in the deck"
+    assert figures > 0, f"no rendered figure in {deck.name}"
     math_in_source = "$" in deck.read_text(encoding="utf-8")
     if math_in_source:
         wait_for(lambda: browser.execute_script("return document.querySelectorAll('mjx-container').length"),
