@@ -236,7 +236,12 @@ register(
     quick=_QUICK_MNIST,
 )
 
-register(
+# Abadi et al. 2016 §5.2: PCA + MLP on MNIST at three noise levels, each with its own DP-PCA noise
+# σ_p (small σ_p = 4, medium 7, large 16; DP-SGD noise σ = 2, 4, 8). Their σ_p is kept; where the
+# paper fixes σ and accounts with the moments accountant, DP-SGD's σ here is calibrated to the row's ε
+# for 30 epochs. The DP-PCA alone spends ε = 0.93, 0.50, 0.20 at δ = 1e-5 (PLD), so only the
+# large-noise σ_p leaves a budget for DP-SGD at ε = 0.5.
+_ABADI = register(
     TrainConfig(
         name="mnist-abadi",
         dataset="mnist",
@@ -258,29 +263,46 @@ register(
         reference=(
             "Abadi et al. 2016 §5.2 (paper's setting): 60-dim DP-PCA, 1000 ReLU units, lot 600, "
             "C = 4, lr 0.1 -> 0.052 over 10 epochs then constant; medium noise σ = 4, σ_p = 7 "
-            "-> 95% at (2, 1e-5) (paper's number; 90% at ε = 0.5, 97% at ε = 8)."
+            "-> 95% at (2, 1e-5) (paper's number). Here σ is calibrated to ε for 30 epochs."
         ),
     ),
     quick=_QUICK_MNIST,
 )
 
 register(
-    TrainConfig(
+    dataclasses.replace(
+        _ABADI,
+        name="mnist-abadi-small-noise",
+        target_epsilon=8.0,
+        pca_noise_multiplier=4.0,
+        reference=(
+            "Abadi et al. 2016 §5.2 (paper's setting) with their small noise: σ = 2, σ_p = 4 "
+            "-> 97% at (8, 1e-5) (paper's number). Here σ is calibrated to ε for 30 epochs."
+        ),
+    ),
+    quick=_QUICK_MNIST,
+)
+
+register(
+    dataclasses.replace(
+        _ABADI,
+        name="mnist-abadi-large-noise",
+        target_epsilon=0.5,
+        pca_noise_multiplier=16.0,
+        reference=(
+            "Abadi et al. 2016 §5.2 (paper's setting) with their large noise: σ = 8, σ_p = 16 "
+            "-> 90% at (0.5, 1e-5) (paper's number). Here σ is calibrated to ε for 30 epochs."
+        ),
+    ),
+    quick=_QUICK_MNIST,
+)
+
+register(
+    dataclasses.replace(
+        _ABADI,
         name="mnist-abadi-pca-public",
-        dataset="mnist",
-        model="mnist-mlp-pca",
-        target_epsilon=2.0,
-        delta=1e-5,
-        batch_size=600,
-        epochs=30.0,
-        lr=0.1,
-        lr_schedule="linear",
-        lr_end=0.052,
-        lr_decay_epochs=10.0,
-        optimizer="sgd",
-        l2_clip_norm=4.0,
-        microbatch_size=200,
         pca="public",
+        pca_noise_multiplier=None,
         public_examples=10_000,
         reference=(
             "Abadi et al. 2016 §5.2 setting, but the projection is an exact PCA of 10,000 training "

@@ -276,3 +276,13 @@ def test_epsilon_curve_pld_is_a_slightly_looser_upper_bound(sigma, q, steps):
 def test_bad_input_names_the_argument(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+def test_epsilon_for_event_coarser_pld_grid_is_a_slightly_looser_bound():
+    # Notebook 03's widget accounts with a 2e-3 PLD grid for speed (added for it).
+    event = acc.dp_event(1.0, 0.01, 300)
+    fine = acc.epsilon_for_event(event, DELTA, "pld")
+    coarse = acc.epsilon_for_event(event, DELTA, "pld", pld_value_discretization=2e-3)
+    assert fine <= coarse <= 1.01 * fine
+    with pytest.raises(ValueError, match="pld_value_discretization"):
+        acc.epsilon_for_event(event, DELTA, "pld", pld_value_discretization=0.0)
