@@ -142,3 +142,60 @@ def check_noise_multiplier(noise_multiplier, *, target_epsilon: float, sampling_
     if epsilon(smaller, sampling_rate, steps, delta, accountant="pld") <= target_epsilon:
         _fail(f"σ = {sigma:.4g} meets ε ≤ {target_epsilon:g} (ε = {eps:.3g}), but so does σ = {smaller:.4g}: "
               "you add more noise than needed (and lose accuracy)")
+
+
+# ---------------------------------------------------------------------------------------------
+# notebooks/05_reconstruction_attack.ipynb
+# ---------------------------------------------------------------------------------------------
+
+__all__ += ["check_gradient_inversion", "check_success_bound", "check_gaussian_success_bound"]
+
+
+def check_gradient_inversion(invert) -> None:
+    """``invert(weight_grad, bias_grad) -> (image, label)`` must recover one example from its
+    softmax-regression gradient (:func:`dpedu.attacks.softmax_regression_loss`).
+
+    Tried on 20 random (parameters, image, label) triples with 4 classes and 6 pixels.
+    """
+    from dpedu.attacks import softmax_regression_loss
+
+    rng = np.random.default_rng(5)
+    grad_fn = jax.jit(jax.grad(softmax_regression_loss))
+    for trial in range(20):
+        params = {"weights": rng.normal(size=(4, 6)).astype(np.float32), "bias": rng.normal(size=4).astype(np.float32)}
+        image, label = rng.random(6).astype(np.float32), int(rng.integers(4))
+        grads = grad_fn(params, image, label)
+        got = answered(invert(np.asarray(grads["weights"]), np.asarray(grads["bias"])))
+        if not isinstance(got, tuple) or len(got) != 2:
+            _fail("return a pair (image, label)")
+        got_image, got_label = np.ravel(np.asarray(got[0], dtype=np.float64)), got[1]
+        if int(got_label) != label:
+            _fail(f"trial {trial}: label {got_label}, expected {label}. Which entry of p − e_y is negative?")
+        if got_image.shape != image.shape or not np.allclose(got_image, image, atol=1e-4):
+            _fail(f"trial {trial}: the image differs. Row c of the weight gradient is (p_c − [c = y]) · x; "
+                  "divide it by entry c of the bias gradient")
+
+
+def check_success_bound(bound) -> None:
+    """``bound(epsilon, delta, prior_size)`` must be ``min(1, e^ε/m + δ)`` (:func:`dpedu.attacks.dp_success_bound`)."""
+    from dpedu.attacks import dp_success_bound
+
+    for eps, delta, m in ((1.0, 1e-5, 10), (0.1, 1e-6, 100), (2.0, 1e-5, 1000), (5.0, 1e-5, 10)):
+        got = float(answered(bound(eps, delta, m)))
+        want = dp_success_bound(eps, delta, m)
+        if not np.isclose(got, want, rtol=1e-9, atol=1e-12):
+            hint = " (a probability: cap it at 1)" if want == 1.0 else ""
+            _fail(f"ε = {eps:g}, δ = {delta:g}, m = {m}: got {got:.6g}, expected {want:.6g}{hint}")
+
+
+def check_gaussian_success_bound(bound) -> None:
+    """``bound(noise_multiplier, steps, prior_size)`` must be ``Φ(√T/σ − Φ⁻¹(1 − 1/m))``
+    (:func:`dpedu.attacks.gaussian_success_bound`)."""
+    from dpedu.attacks import gaussian_success_bound
+
+    for sigma, steps, m in ((3.0, 40, 10), (20.0, 100, 10), (1.0, 1, 100), (0.5, 9, 2)):
+        got = float(answered(bound(sigma, steps, m)))
+        want = gaussian_success_bound(sigma, steps, m)
+        if not np.isclose(got, want, rtol=1e-6, atol=1e-9):
+            _fail(f"σ = {sigma:g}, T = {steps}, m = {m}: got {got:.6g}, expected {want:.6g}. T Gaussian steps "
+                  "of noise multiplier σ compose to μ = √T/σ, and the bound is 1 − G_μ(1/m)")
