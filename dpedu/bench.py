@@ -1,8 +1,10 @@
 """How much slower is DP-SGD than ordinary SGD? One jitted step of each, timed on one model and batch.
 
 Both steps come from :mod:`dpedu.dpsgd` (:func:`~dpedu.dpsgd.make_nonprivate_step`: batched
-back-propagation; :func:`~dpedu.dpsgd.make_dp_step`: per-example gradients by ``jax.vmap``,
-clipping, noise) with the whole batch as one micro-batch, so each step is ONE compiled call.
+back-propagation; :func:`~dpedu.dpsgd.make_dp_step`: clipped per-example gradients, noise) with
+the whole batch as one micro-batch, so each step is ONE compiled call. The DP-SGD step uses the
+clipping method the model's configs use (:func:`dpedu.configs.clipping_for`); the other method of
+:data:`dpedu.clipping.CLIPPING_METHODS` is timed too unless ``compare_methods=False``.
 Each is compiled (timed separately), warmed up, then timed ``steps`` times with
 ``block_until_ready``; the median is reported. Optionally the same model and batch are timed with
 Opacus (PyTorch), when ``torch`` and ``opacus`` are installed (``pip install 'dpedu[bench]'``).
@@ -24,8 +26,9 @@ import jax
 import numpy as np
 import optax
 
-from dpedu import dpsgd, models
+from dpedu import clipping, dpsgd, models
 from dpedu._validation import check_steps
+from dpedu.configs import clipping_for
 
 MIN_STEPS = 20
 _WARMUP = 2
@@ -121,7 +124,9 @@ def _opacus(name: str, inputs: np.ndarray, labels: np.ndarray, steps: int) -> di
     return result
 
 
-def bench(model: str, batch_size: int, steps: int = MIN_STEPS, opacus: bool = False, seed: int = 0) -> dict:
+def bench(model: str, batch_size: int, steps: int = MIN_STEPS, opacus: bool = False, seed: int = 0,
+          clipping_method: str | None = None, norm_chunk_size: int | None = None,
+          compare_methods: bool = True) -> dict:
     """Times a non-private and a DP-SGD step of ``model`` on a batch of ``batch_size``.
 
     Args:
@@ -130,18 +135,24 @@ def bench(model: str, batch_size: int, steps: int = MIN_STEPS, opacus: bool = Fa
         steps: timed steps after compilation and warm-up, ``>= 20``.
         opacus: also time Opacus (PyTorch) on the same model and batch when installed.
         seed: seed of the parameters and random inputs.
+        clipping_method, norm_chunk_size: the DP-SGD step's clipping (:func:`dpedu.dpsgd.make_dp_step`);
+            None: what the model's configs use (:func:`dpedu.configs.clipping_for`).
+        compare_methods: also time the other clipping method(s) (``dpsgd_by_method``).
 
     Returns:
         A record: ``nonprivate`` and ``dpsgd`` (each ``compile_seconds``,
-        ``median_step_seconds``, ``examples_per_second``), ``ratio`` (DP-SGD / non-private),
-        ``opacus`` (timings, or ``skipped`` with the reason) and provenance.
+        ``median_step_seconds``, ``examples_per_second``), ``clipping`` (method and norm chunk of
+        ``dpsgd``), ``ratio`` (DP-SGD / non-private), ``dpsgd_by_method`` (every timed method),
+        ``opacus`` (timings, or ``skipped`` with the reason), ``load_average_1min`` and
+        provenance.
 
     Raises:
-        ValueError: unknown model, ``batch_size < 1`` or ``steps < 20``.
+        ValueError: unknown model or clipping method, ``batch_size < 1`` or ``steps < 20``.
 
     Taught in notebooks/03_dpsgd_mnist.ipynb.
     """
     spec = models.get_model(model)
+    method, norm_chunk_size = clipping_for(model, clipping_method, norm_chunk_size)
     batch_size = check_steps(batch_size, "batch_size")
     steps = check_steps(steps, "steps")
     if steps < MIN_STEPS:
@@ -158,20 +169,27 @@ def bench(model: str, batch_size: int, steps: int = MIN_STEPS, opacus: bool = Fa
 
     optimizer = optax.sgd(0.1)
     batch = (inputs[None], labels[None], np.ones((1, batch_size), bool))  # one micro-batch
-    steps_by_kind = {
-        "nonprivate": dpsgd.make_nonprivate_step(loss_fn, optimizer),
-        "dpsgd": dpsgd.make_dp_step(loss_fn, optimizer, l2_clip_norm=1.0, noise_multiplier=1.0,
-                                    expected_batch_size=batch_size),
-    }
+    methods = [method] + [m for m in clipping.CLIPPING_METHODS if compare_methods and m != method]
+    # The other method with the chunk size the model's table gives it (None outside two-pass).
+    chunks = {m: norm_chunk_size if m == method else clipping_for(model, m)[1] for m in methods}
+    steps_by_kind = {"nonprivate": dpsgd.make_nonprivate_step(loss_fn, optimizer)}
+    for m in methods:
+        steps_by_kind[m] = dpsgd.make_dp_step(loss_fn, optimizer, l2_clip_norm=1.0, noise_multiplier=1.0,
+                                              expected_batch_size=batch_size, clipping_method=m,
+                                              norm_chunk_size=chunks[m])
     timings = {}
     for kind, step in steps_by_kind.items():
         compile_seconds, median = _time_calls(_jax_step_timer(step, params, optimizer, batch), steps)
         timings[kind] = {"compile_seconds": compile_seconds, "median_step_seconds": median,
                          "examples_per_second": batch_size / median}
+        if kind in chunks:
+            timings[kind]["norm_chunk_size"] = chunks[kind]
     return record(
         model=model, parameters=models.count_params(params), batch_size=batch_size, steps=steps, seed=seed,
-        **timings,
-        ratio=timings["dpsgd"]["median_step_seconds"] / timings["nonprivate"]["median_step_seconds"],
+        nonprivate=timings["nonprivate"], dpsgd=timings[method],
+        clipping={"method": method, "norm_chunk_size": norm_chunk_size},
+        ratio=timings[method]["median_step_seconds"] / timings["nonprivate"]["median_step_seconds"],
+        dpsgd_by_method={m: timings[m] for m in methods},
         opacus=_opacus(model, inputs, labels, steps) if opacus else {"skipped": "not requested (--opacus)"},
     )
 
@@ -179,18 +197,21 @@ def bench(model: str, batch_size: int, steps: int = MIN_STEPS, opacus: bool = Fa
 def _describe(result: dict) -> str:
     lines = [f"{result['model']} ({result['parameters']:,} parameters), batch {result['batch_size']}, "
              f"median of {result['steps']} steps, {result['device']}"]
-    for kind, label in (("nonprivate", "non-private SGD"), ("dpsgd", "DP-SGD (dpedu)")):
-        t = result[kind]
-        lines.append(f"  {label:<16} {1e3 * t['median_step_seconds']:9.2f} ms/step  "
+    rows = [("non-private SGD", result["nonprivate"])]
+    rows += [(f"DP-SGD {m}" + (" (used)" if m == result["clipping"]["method"] else ""), t)
+             for m, t in result["dpsgd_by_method"].items()]
+    for label, t in rows:
+        lines.append(f"  {label:<24} {1e3 * t['median_step_seconds']:9.2f} ms/step  "
                      f"{t['examples_per_second']:9.0f} examples/s  (compile {t['compile_seconds']:.2f} s)")
-    lines.append(f"  DP-SGD / non-private: {result['ratio']:.2f}x")
+    lines.append(f"  DP-SGD ({result['clipping']['method']}) / non-private: {result['ratio']:.2f}x; "
+                 f"1-min load average {result['load_average_1min']}")
     opacus = result["opacus"]
     if "skipped" in opacus:
         lines.append(f"  Opacus: skipped ({opacus['skipped']})")
     else:
         for kind, label in (("nonprivate", "PyTorch SGD"), ("opacus", "Opacus DP-SGD")):
             t = opacus[kind]
-            lines.append(f"  {label:<16} {1e3 * t['median_step_seconds']:9.2f} ms/step  "
+            lines.append(f"  {label:<24} {1e3 * t['median_step_seconds']:9.2f} ms/step  "
                          f"{t['examples_per_second']:9.0f} examples/s")
         versus_dpedu = opacus["opacus"]["median_step_seconds"] / result["dpsgd"]["median_step_seconds"]
         lines.append(f"  Opacus / PyTorch: {opacus['ratio']:.2f}x; Opacus / dpedu DP-SGD: {versus_dpedu:.2f}x "
@@ -204,7 +225,8 @@ def main(args) -> int:
 
     Taught in notebooks/03_dpsgd_mnist.ipynb.
     """
-    result = bench(args.model, args.batch_size, steps=args.steps, opacus=args.opacus)
+    result = bench(args.model, args.batch_size, steps=args.steps, opacus=args.opacus,
+                   clipping_method=args.clipping_method, compare_methods=not args.no_compare)
     if args.out:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         with open(args.out, "w") as f:

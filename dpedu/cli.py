@@ -59,6 +59,9 @@ def _add_bench(sub) -> None:
     p.add_argument("--batch-size", type=int, required=True)
     p.add_argument("--steps", type=int, default=20, help="timed steps after warm-up (>= 20)")
     p.add_argument("--opacus", action="store_true", help="also time Opacus (needs torch, opacus)")
+    p.add_argument("--clipping-method", default=None, choices=("per_example", "two_pass"),
+                   help="DP-SGD clipping method (default: the one the model's configs use)")
+    p.add_argument("--no-compare", action="store_true", help="do not also time the other clipping method")
     p.add_argument("--json", action="store_true")
     p.add_argument("--out", default=None, help="write the JSON record here")
 

@@ -40,12 +40,17 @@ LossFn = Callable[..., jax.Array]
 
 
 def clipped_grad_sum(loss_fn: LossFn, params: PyTree, inputs, labels, mask, l2_clip_norm,
-                     augmult: bool = False) -> tuple[PyTree, dict]:
+                     augmult: bool = False, clipping_method: str = "per_example",
+                     norm_chunk_size: int | None = None) -> tuple[PyTree, dict]:
     """Sum over a (micro-)batch of per-example clipped gradients, and clipping statistics.
 
     Abadi et al. 2016, Algorithm 1, "Compute gradient" and "Clip gradient", summed:
-    ``Σᵢ maskᵢ · gᵢ · min(1, C / ‖gᵢ‖)`` via :func:`dpedu.clipping.clipped_grad` (``jax.vmap``
-    of ``jax.grad``). Pure and jit-friendly (``loss_fn`` and ``augmult`` static).
+    ``Σᵢ maskᵢ · gᵢ · min(1, C / ‖gᵢ‖)``, by either method of :mod:`dpedu.clipping` (the same
+    sum in exact arithmetic): ``"per_example"`` (:func:`dpedu.clipping.clipped_grad`,
+    ``jax.vmap`` of ``jax.grad``, each gradient clipped then summed) or ``"two_pass"``
+    (:func:`dpedu.clipping.two_pass_clipped_grad_sum`: norms, then one weighted batched backward
+    pass). Pure and jit-friendly (``loss_fn``, ``augmult``, ``clipping_method`` and
+    ``norm_chunk_size`` static).
 
     Formal guarantees:
         The sum has l2 sensitivity ``l2_clip_norm`` under adding or removing one example, for any
@@ -65,17 +70,27 @@ def clipped_grad_sum(loss_fn: LossFn, params: PyTree, inputs, labels, mask, l2_c
         l2_clip_norm: ``C`` in ``[0, inf]``.
         augmult: ``inputs`` carries the copy axis K; gradients are averaged over it before
             clipping (De et al. 2022, §3.1).
+        clipping_method: ``"per_example"`` or ``"two_pass"`` (:data:`dpedu.clipping.CLIPPING_METHODS`).
+        norm_chunk_size: ``"two_pass"`` only: examples per ``vmap`` in the norm pass
+            (:func:`dpedu.clipping.per_example_grad_norms`); None: the whole micro-batch.
 
     Returns:
         ``(grad_sum, sums)``: ``grad_sum`` has the structure of ``params``; ``sums`` is a dict of
         scalars that add up over micro-batches: ``batch_size`` (real examples), ``clipped_count``
         (examples whose norm exceeded ``C``) and ``grad_norm_sum`` (sum of pre-clipping norms).
 
+    Raises:
+        ValueError: an unknown ``clipping_method``, a bad ``norm_chunk_size`` or ``l2_clip_norm``.
+
     Taught in notebooks/03_dpsgd_mnist.ipynb.
     """
-    clipped, norms = clipping.clipped_grad(loss_fn, l2_clip_norm, augmult=augmult)(params, inputs, labels, mask)
+    if clipping.check_clipping_method(clipping_method) == "two_pass":
+        grad_sum, norms = clipping.two_pass_clipped_grad_sum(loss_fn, params, inputs, labels, mask, l2_clip_norm,
+                                                             augmult=augmult, chunk_size=norm_chunk_size)
+    else:
+        clipped, norms = clipping.clipped_grad(loss_fn, l2_clip_norm, augmult=augmult)(params, inputs, labels, mask)
+        grad_sum = jax.tree_util.tree_map(lambda leaf: jnp.sum(leaf, axis=0), clipped)
     mask = jnp.asarray(mask, dtype=bool)
-    grad_sum = jax.tree_util.tree_map(lambda leaf: jnp.sum(leaf, axis=0), clipped)
     sums = {
         "batch_size": jnp.sum(mask, dtype=jnp.int32),
         "clipped_count": jnp.sum(mask & (norms > l2_clip_norm), dtype=jnp.int32),
@@ -190,7 +205,8 @@ class TrainStep:
 
 
 def make_dp_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *, l2_clip_norm: float,
-                 noise_multiplier: float, expected_batch_size: float, augmult: bool = False) -> TrainStep:
+                 noise_multiplier: float, expected_batch_size: float, augmult: bool = False,
+                 clipping_method: str = "per_example", norm_chunk_size: int | None = None) -> TrainStep:
     """A jitted DP-SGD step for ``optimizer``: clipped sum, noise once, ``/ qN``, update.
 
     Abadi et al. 2016, Algorithm 1 (with De et al. 2022's augmentation multiplicity when
@@ -213,6 +229,9 @@ def make_dp_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *, l2
         noise_multiplier: ``σ > 0``.
         expected_batch_size: ``q · N > 0`` (the public normaliser; not the realised size).
         augmult: inputs carry K augmented copies per example (``[..., m, K, ...]``).
+        clipping_method: how the clipped sum is computed, ``"per_example"`` or ``"two_pass"``
+            (same result; see :func:`clipped_grad_sum`): a speed choice only.
+        norm_chunk_size: ``"two_pass"`` only: examples per ``vmap`` in its norm pass.
 
     Returns:
         A :class:`TrainStep`.
@@ -225,9 +244,12 @@ def make_dp_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *, l2
     l2_clip_norm = check_positive("l2_clip_norm", l2_clip_norm)
     noise_multiplier = check_noise_multiplier(noise_multiplier)
     expected_batch_size = check_positive("expected_batch_size", expected_batch_size)
+    clipping.check_clipping_method(clipping_method)
+    clipping.check_chunk_size(norm_chunk_size, "norm_chunk_size")
 
     def batch_grad_sum(params, inputs, labels, mask):
-        return clipped_grad_sum(loss_fn, params, inputs, labels, mask, l2_clip_norm, augmult)
+        return clipped_grad_sum(loss_fn, params, inputs, labels, mask, l2_clip_norm, augmult, clipping_method,
+                                norm_chunk_size)
 
     def finalize(key, grad_sum, sums):
         gradient = private_gradient(key, grad_sum, noise_multiplier=noise_multiplier,

@@ -48,15 +48,46 @@ def device_description() -> str:
 
 
 def command_line() -> str:
-    """The command that started this process, as a shell would run it."""
+    """The command that started this process, as a shell would run it.
+
+    ``dpedu ...`` for the console script and ``python -m dpedu ...``; ``python -m pkg.mod ...``
+    for other modules run with ``-m`` (whose ``sys.argv[0]`` is a file path, not a command);
+    otherwise ``sys.argv`` as it is.
+    """
     argv = list(sys.argv)
-    if argv and argv[0].endswith(("dpedu", "__main__.py")):
+    module = _run_module()
+    if module is not None and module != "dpedu":
+        argv = ["python", "-m", module, *argv[1:]]
+    elif argv and (module == "dpedu" or os.path.basename(argv[0]) in ("dpedu", "dpedu.exe")):
         argv[0] = "dpedu"
     return " ".join(shlex.quote(a) for a in argv)
 
 
+def _run_module() -> str | None:
+    """The ``pkg.mod`` of ``python [options] -m pkg.mod args``, or None for any other start."""
+    orig = list(getattr(sys, "orig_argv", []))
+    args = sys.argv[1:]
+    for i, arg in enumerate(orig[:-1]):
+        # the -m that the script's own arguments follow (a later "-m" may be a script argument)
+        if arg == "-m" and orig[i + 2:] == args:
+            return orig[i + 1]
+    return None
+
+
+def load_average() -> dict:
+    """The system's 1-, 5- and 15-minute load averages (None where the OS has none), so that a
+    recorded wall time can be judged: on 2 cores, a load well above 2 means shared CPUs."""
+    try:
+        one, five, fifteen = os.getloadavg()
+    except (AttributeError, OSError):
+        return {"load_average_1min": None, "load_average_5min": None, "load_average_15min": None}
+    return {"load_average_1min": round(one, 2), "load_average_5min": round(five, 2),
+            "load_average_15min": round(fifteen, 2)}
+
+
 def record(**fields) -> dict:
-    """A result record: ``fields`` plus command, git_commit, device, date, python and jax versions.
+    """A result record: ``fields`` plus command, git_commit, device, date, the load averages at
+    the time of the record (:func:`load_average`), python and jax versions.
 
     ``wall_seconds`` and ``seed`` must be passed by the caller, who measured / chose them.
     """
@@ -67,6 +98,8 @@ def record(**fields) -> dict:
     rec.setdefault("git_commit", git_commit())
     rec.setdefault("device", device_description())
     rec.setdefault("date", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+    for key, value in load_average().items():
+        rec.setdefault(key, value)
     rec.setdefault("python", platform.python_version())
     rec.setdefault("jax", jax.__version__)
     return rec

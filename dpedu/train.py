@@ -257,8 +257,10 @@ def train(config: TrainConfig, data_dir=None, progress: bool = True, dataset: da
 
     augmult = config.augmult > 0
     if config.private:
+        clipping_method, norm_chunk_size = config.clipping()
         step_fn = dpsgd.make_dp_step(loss_fn, optimizer, l2_clip_norm=config.l2_clip_norm, noise_multiplier=sigma,
-                                     expected_batch_size=config.batch_size, augmult=augmult)
+                                     expected_batch_size=config.batch_size, augmult=augmult,
+                                     clipping_method=clipping_method, norm_chunk_size=norm_chunk_size)
     else:
         step_fn = dpsgd.make_nonprivate_step(loss_fn, optimizer, augmult=augmult)
     opt_state = optimizer.init(params)
@@ -330,6 +332,7 @@ def train(config: TrainConfig, data_dir=None, progress: bool = True, dataset: da
         ema=config.ema,
         seed=config.seed,
         sampler=config.sampler,
+        clipping=dict(zip(("method", "norm_chunk_size"), config.clipping())) if config.private else None,
         quick=config.quick,
         pca=pca_info,
         mean_clipped_fraction=float(stats_sum["clipped_fraction"]) / steps if config.private else None,

@@ -7,7 +7,7 @@ import pytest
 from dpedu import bench, cli
 
 
-def test_bench_times_both_steps():
+def test_bench_times_both_steps_and_both_clipping_methods():
     result = bench.bench("mnist-mlp-pca", 8, steps=20)
     for kind in ("nonprivate", "dpsgd"):
         timing = result[kind]
@@ -15,9 +15,20 @@ def test_bench_times_both_steps():
         assert timing["examples_per_second"] == pytest.approx(8 / timing["median_step_seconds"])
     assert result["ratio"] == pytest.approx(result["dpsgd"]["median_step_seconds"]
                                             / result["nonprivate"]["median_step_seconds"])
+    # The MLP's configs use two-pass clipping; the per-example method is timed for comparison.
+    assert result["clipping"] == {"method": "two_pass", "norm_chunk_size": 8}
+    assert result["dpsgd_by_method"]["two_pass"] == result["dpsgd"]
+    assert result["dpsgd_by_method"]["per_example"]["norm_chunk_size"] is None
     assert result["parameters"] == 71_010 and result["steps"] == 20
     assert result["opacus"] == {"skipped": "not requested (--opacus)"}
-    assert {"device", "git_commit", "date", "command"} <= set(result)
+    assert {"device", "git_commit", "date", "command", "load_average_1min"} <= set(result)
+    assert "DP-SGD two_pass (used)" in bench._describe(result)
+
+
+def test_bench_clipping_method_override_without_comparison():
+    result = bench.bench("mnist-mlp-pca", 4, steps=20, clipping_method="per_example", compare_methods=False)
+    assert result["clipping"] == {"method": "per_example", "norm_chunk_size": None}
+    assert list(result["dpsgd_by_method"]) == ["per_example"]
 
 
 def test_opacus_skip_says_why(monkeypatch):
@@ -54,9 +65,19 @@ def test_torch_twin_has_the_same_parameter_count():
 
 
 def test_cli_json_is_one_object(capsys):
-    assert cli.main(["bench", "--model", "mnist-mlp-pca", "--batch-size", "4", "--json"]) == 0
+    assert cli.main(["bench", "--model", "mnist-mlp-pca", "--batch-size", "4", "--json", "--no-compare",
+                     "--clipping-method", "two_pass"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["model"] == "mnist-mlp-pca" and result["batch_size"] == 4 and result["ratio"] > 0
+    assert list(result["dpsgd_by_method"]) == ["two_pass"]
+
+
+def test_cli_clipping_choices_are_the_library_methods():
+    from dpedu.clipping import CLIPPING_METHODS
+
+    bench_parser = cli.build_parser()._subparsers._group_actions[0].choices["bench"]
+    action = next(a for a in bench_parser._actions if a.dest == "clipping_method")
+    assert tuple(action.choices) == CLIPPING_METHODS
 
 
 @pytest.mark.parametrize("argv, message", [

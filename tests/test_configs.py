@@ -51,6 +51,8 @@ def test_paper_hyper_parameters():
     (dict(dataset="svhn"), "dataset"),
     (dict(optimizer="rmsprop"), "optimizer"),
     (dict(lr_schedule="linear"), "lr_end"),
+    (dict(clipping_method="ghost"), "clipping_method must be one of None, 'per_example', 'two_pass'"),
+    (dict(norm_chunk_size=0), "norm_chunk_size must be None or an integer >= 1"),
 ])
 def test_bad_values_raise_naming_the_field(changes, match):
     with pytest.raises(ValueError, match=match):
@@ -84,3 +86,14 @@ def test_unknown_name_lists_valid_ones_and_names_are_unique():
     assert "'nope'" in str(err.value)
     with pytest.raises(ValueError, match="already registered"):
         configs.register(configs.get_config("mnist-cnn"), quick={})
+
+
+def test_clipping_method_defaults_to_the_models_measured_faster_one():
+    assert configs.get_config("mnist-abadi").clipping() == configs.CLIPPING_BY_MODEL["mnist-mlp-pca"]
+    assert configs.get_config("mnist-abadi", quick=True).clipping() == ("two_pass", 8)
+    assert configs.get_config("mnist-cnn").clipping() == ("per_example", None)
+    chosen = dataclasses.replace(configs.get_config("mnist-cnn"), clipping_method="two_pass")
+    assert chosen.clipping() == ("two_pass", None)
+    chunked = dataclasses.replace(configs.get_config("mnist-abadi"), norm_chunk_size=32)
+    assert chunked.clipping() == ("two_pass", 32)
+    assert configs.clipping_for("wrn-tiny", "per_example", None) == ("per_example", None)

@@ -206,3 +206,35 @@ def test_step_requires_a_microbatch_axis():
     step = make_dp_step(loss_fn, optax.sgd(0.1), l2_clip_norm=1.0, noise_multiplier=1.0, expected_batch_size=8.0)
     with pytest.raises(ValueError, match="mask"):
         step(PARAMS, optax.sgd(0.1).init(PARAMS), jax.random.key(0), INPUTS[:8], LABELS[:8], np.ones(8, bool))
+
+
+@pytest.mark.parametrize("norm_chunk_size", [None, 3])
+def test_two_pass_step_equals_per_example_step_with_microbatches(norm_chunk_size):
+    step = make_dp_step(loss_fn, optax.sgd(1.0), l2_clip_norm=C, noise_multiplier=SIGMA, expected_batch_size=EXPECTED,
+                        clipping_method="two_pass", norm_chunk_size=norm_chunk_size)
+    key = jax.random.key(4)
+    for indices, microbatch_size in (([1, 4, 9, 20, 33], 8), (np.arange(2, 15), 4)):  # fused; 4 micro-batches
+        ref, _, ref_stats = STEP(PARAMS, OPT_STATE, key, *_batch(indices, microbatch_size))
+        got, _, got_stats = step(PARAMS, OPT_STATE, key, *_batch(indices, microbatch_size))
+        for k in PARAMS:
+            np.testing.assert_allclose(got[k], ref[k], rtol=1e-5, atol=1e-6)
+        for k in ref_stats:
+            np.testing.assert_allclose(got_stats[k], ref_stats[k], rtol=1e-5)
+
+
+def test_two_pass_clipped_grad_sum_equals_loop():
+    naive = _naive_clipped(np.arange(6), C)
+    fn = jax.jit(clipped_grad_sum, static_argnums=(0, 6, 7))
+    grad_sum, sums = fn(loss_fn, PARAMS, INPUTS[:8], LABELS[:8], np.arange(8) < 6, C, False, "two_pass")
+    for k in PARAMS:
+        np.testing.assert_allclose(grad_sum[k], sum(g[k] for g, _ in naive), rtol=1e-5, atol=1e-6)
+    assert int(sums["clipped_count"]) == sum(n > C for _, n in naive)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(clipping_method="ghost"), "clipping_method must be one of 'per_example', 'two_pass'"),
+    (dict(clipping_method="two_pass", norm_chunk_size=0), "norm_chunk_size must be None or an integer >= 1"),
+])
+def test_make_dp_step_rejects_bad_clipping_options(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        make_dp_step(loss_fn, optax.sgd(0.1), l2_clip_norm=1.0, noise_multiplier=1.0, expected_batch_size=8.0, **kwargs)

@@ -1,0 +1,50 @@
+"""dpedu.provenance: the recorded command line (console script, python -m) and load averages."""
+
+import subprocess
+import sys
+
+import pytest
+
+from dpedu import provenance
+
+
+@pytest.mark.parametrize("orig_argv, argv, expected", [
+    (["/venv/bin/python", "/venv/bin/dpedu", "train", "--quick"], ["/venv/bin/dpedu", "train", "--quick"],
+     "dpedu train --quick"),
+    (["python3", "-m", "dpedu", "bench", "--model", "x y"], ["/repo/dpedu/__main__.py", "bench", "--model", "x y"],
+     "dpedu bench --model 'x y'"),
+    (["/venv/bin/python", "-u", "-m", "dpedu.experiments.mnist_sweep", "--quick", "-m", "z"],
+     ["/repo/dpedu/experiments/mnist_sweep.py", "--quick", "-m", "z"],
+     "python -m dpedu.experiments.mnist_sweep --quick -m z"),
+    (["python", "script.py", "-m", "pkg"], ["script.py", "-m", "pkg"], "script.py -m pkg"),
+])
+def test_command_line(monkeypatch, orig_argv, argv, expected):
+    monkeypatch.setattr(sys, "orig_argv", orig_argv)
+    monkeypatch.setattr(sys, "argv", argv)
+    assert provenance.command_line() == expected
+
+
+def test_command_line_of_a_real_python_m_run(tmp_path):
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "__init__.py").write_text("")
+    (tmp_path / "pkg" / "mod.py").write_text("from dpedu.provenance import command_line\nprint(command_line())\n")
+    out = subprocess.run([sys.executable, "-m", "pkg.mod", "--n", "3"], cwd=tmp_path, capture_output=True,
+                         text=True, check=True).stdout.strip()
+    assert out == "python -m pkg.mod --n 3"
+
+
+def test_record_has_load_averages_and_provenance():
+    rec = provenance.record(wall_seconds=1.0, seed=0)
+    assert {"command", "git_commit", "device", "date", "python", "jax"} <= set(rec)
+    for key in ("load_average_1min", "load_average_5min", "load_average_15min"):
+        assert rec[key] is None or rec[key] >= 0
+    assert rec["load_average_1min"] is not None  # Linux CI has getloadavg
+
+
+def test_load_average_without_os_support(monkeypatch):
+    def unsupported():
+        raise OSError("no load average")
+
+    monkeypatch.setattr(provenance.os, "getloadavg", unsupported)
+    assert provenance.load_average() == {"load_average_1min": None, "load_average_5min": None,
+                                         "load_average_15min": None}
