@@ -64,3 +64,30 @@ def test_calibrate_bad_input_in_process(capsys):
     captured = capsys.readouterr()
     assert code == 2 and captured.out == ""
     assert captured.err.strip().splitlines() == ["dpedu calibrate: error: delta must be in (0, 1), got 2.0"]
+
+
+def test_parser_is_built_without_numerical_imports_and_its_choices_match_the_library():
+    code = ("import sys, dpedu.cli; dpedu.cli.build_parser(); "
+            "print(sorted(m for m in ('jax', 'dp_accounting', 'scipy') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "[]"  # `dpedu --help` stays instant
+    from dpedu import cli, clipping
+
+    assert cli.ACCOUNTANTS == accounting.ACCOUNTANTS
+    assert cli.CLIPPING_METHODS == clipping.CLIPPING_METHODS
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "--config", "nope"], "dpedu train: error: config must be one of"),
+    (["train", "--config", "mnist-cnn", "--target-epsilon", "-1"], "dpedu train: error: target_epsilon must be in (0, inf)"),
+    (["calibrate", "--target-epsilon", "0", "--sampling-rate", "0.01", "--steps", "10", "--delta", "1e-5"],
+     "dpedu calibrate: error: target_epsilon must be in (0, inf)"),
+    (["train", "--config", "mnist-cnn", "--source", "official", "--data-dir", "/nonexistent/data"],
+     "dpedu train: error: "),
+])
+def test_user_errors_are_one_line_with_exit_status_2(args, message):
+    out = dpedu(*args)
+    assert out.returncode == 2 and out.stdout == ""
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(message), out.stderr
+    assert "Traceback" not in out.stderr

@@ -59,6 +59,50 @@ def test_dp_pca_cost_is_composed_into_epsilon(mnist_5k):
     assert record["model"]["parameters"] == 71_010
 
 
+def test_per_epoch_pld_epsilon_is_incremental_and_matches_the_one_shot_value(mnist_5k):
+    config = _small("mnist-abadi", train_examples=500, batch_size=50, epochs=3.0, accountant="pld",
+                    calibration_accountant="rdp")
+    record = train.train(config, dataset=mnist_5k, progress=False)
+    sigma, q = record["noise_multiplier"], record["sampling_rate"]
+    assert [h["step"] for h in record["history"]] == [10, 20, 30]
+
+    def one_shot(steps):
+        return accounting.epsilon_for_event(pca.composed_dp_event(7.0, accounting.dp_event(sigma, q, steps)), 1e-5)
+
+    for h in record["history"][:-1]:  # composed onto a running PLD: the same bound to discretisation
+        assert h["epsilon"] == pytest.approx(one_shot(h["step"]), rel=2e-3)
+    assert record["epsilon"] == record["history"][-1]["epsilon"] == pytest.approx(one_shot(30), rel=1e-12)
+    assert record["history"][0]["epsilon"] < record["history"][1]["epsilon"] < record["epsilon"] <= 2.0
+    assert record["clipping"] == {"method": "two_pass", "norm_chunk_size": 8}
+
+
+def test_epsilon_so_far_is_cheap_and_an_upper_bound_of_the_steps_taken():
+    import time
+
+    config = configs.get_config("mnist-cnn")
+    sigma, q, per_epoch = 0.985, 512 / 60_000, 117
+    so_far = train._EpsilonSoFar(config, sigma, q, 60_000)
+    start = time.perf_counter()
+    values = [so_far(per_epoch * epoch) for epoch in range(1, 6)]
+    cost = time.perf_counter() - start
+    for epoch, value in enumerate(values, start=1):
+        exact = accounting.epsilon_for_event(accounting.dp_event(sigma, q, per_epoch * epoch), 1e-5)
+        assert value == pytest.approx(exact, rel=2e-3)
+    assert values == sorted(values)
+    assert cost < 3.0  # five one-shot PLD values take 3-4 s on 2 CPU cores
+
+
+def test_model_description_follows_the_norm_overrides():
+    wrn = configs.get_config("cifar10-wrn-16-4-eps1")
+    assert train._describe_model(wrn) == "De et al. 2022 WRN-16-4: GroupNorm(16) + weight standardisation"
+    plain = dataclasses.replace(wrn, norm="none", weight_standardization=False)
+    assert train._describe_model(plain).startswith(
+        "De et al. 2022 WRN-16-4: no normalisation + no weight standardisation")
+    assert "GroupNorm" not in train._describe_model(plain)
+    assert train._describe_model(dataclasses.replace(wrn, weight_standardization=False)).startswith(
+        "De et al. 2022 WRN-16-4: GroupNorm(16) + no weight standardisation")
+
+
 def test_public_pca_leaves_the_public_images_out_and_shuffle_is_accounted_as_shuffle(mnist_5k):
     config = _small("mnist-abadi-pca-public", train_examples=500, public_examples=100, batch_size=50,
                     sampler="shuffle")
