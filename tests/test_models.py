@@ -1,5 +1,6 @@
 """Models: parameter counts checked against the papers, shapes, no batch statistics, per-example."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -129,3 +130,12 @@ def test_unknown_model_lists_valid_names():
     with pytest.raises(ValueError, match="mnist-cnn") as err:
         models.get_model("nope")
     assert "'nope'" in str(err.value)
+
+
+@pytest.mark.parametrize("shape, stride", [((2, 13, 13, 3), 1), ((2, 5, 5, 2), 1), ((2, 32, 32, 3), 2), ((1, 9, 9, 1), 2)])
+def test_max_pool_2x2_equals_flax_max_pool_values_and_gradients(shape, stride):
+    x = np.random.default_rng(0).normal(size=shape).astype(np.float32)
+    np.testing.assert_array_equal(models.max_pool_2x2(x, stride), nn.max_pool(x, (2, 2), strides=(stride, stride)))
+    ours = jax.grad(lambda v: jnp.sum(jnp.sin(models.max_pool_2x2(v, stride))))(x)
+    flax_grad = jax.grad(lambda v: jnp.sum(jnp.sin(nn.max_pool(v, (2, 2), strides=(stride, stride)))))(x)
+    np.testing.assert_allclose(ours, flax_grad, rtol=1e-6)  # no ties in random data
