@@ -297,7 +297,7 @@ def test_image_encoding_round_trips_to_the_nearest_grey_level():
 
 
 def test_split_is_disjoint_and_targets_are_uniform_in_their_prior(mnist_subset):
-    config = dataclasses.replace(experiment.CONFIGS["full"], trials=2000, shadow_models=500)
+    config = dataclasses.replace(experiment.CONFIGS["full"], trials=(2000, 100, 100, 100, 100), shadow_models=500)
     split = experiment.split_data(mnist_subset, config)
     known, shadow, pool = split["known"], split["shadow"], split["pool"]
     assert len(known) == 63 and len(shadow) == 500
@@ -306,6 +306,18 @@ def test_split_is_disjoint_and_targets_are_uniform_in_their_prior(mnist_subset):
     assert all(len(set(row)) == 10 for row in split["priors"])
     counts = np.bincount(split["target_position"], minlength=10)
     assert stats.chisquare(counts).pvalue > 1e-3
+    with pytest.raises(ValueError, match="trials"):
+        experiment.split_data(mnist_subset, dataclasses.replace(config, trials=(100, 100)))
+
+
+def test_prior_aware_guesses_in_chunks_equal_the_whole_stack():
+    rng = np.random.default_rng(8)
+    simulated = experiment.SimulatedCandidates(models=rng.normal(size=(12, 5)), index=rng.integers(0, 12, (7, 3)))
+    released = simulated.models[simulated.index[np.arange(7), rng.integers(0, 3, 7)]] + 0.3 * rng.normal(size=(7, 5))
+    whole = attacks.nearest_candidate(released, simulated.models[simulated.index])
+    np.testing.assert_array_equal(experiment.prior_aware_guesses(released, simulated, chunk=3), whole)
+    # Fewer released models than simulated trials: the first trials.
+    np.testing.assert_array_equal(experiment.prior_aware_guesses(released[:4], simulated, chunk=3), whole[:4])
 
 
 def test_cli_bad_data_folder_is_one_line_and_exit_2(tmp_path, capsys):
@@ -318,7 +330,7 @@ def test_cli_bad_data_folder_is_one_line_and_exit_2(tmp_path, capsys):
 @pytest.mark.slow
 def test_tiny_run_writes_a_complete_record(shared_data_dir, tmp_path, monkeypatch):
     tiny = dataclasses.replace(experiment.CONFIGS["quick"], glm_examples=20, glm_targets=2, known_examples=7,
-                               shadow_models=16, trials=12, prior_aware_trials=4, prior_size=3,
+                               shadow_models=16, trials=(12, 8), prior_size=3,
                                reconstructor_hidden_units=8, reconstructor_epochs=2, reconstructor_batch_size=8,
                                stored_examples=2, accuracy_models=2, test_examples=50)
     monkeypatch.setitem(experiment.CONFIGS, "quick", tiny)
@@ -341,6 +353,8 @@ def test_tiny_run_writes_a_complete_record(shared_data_dir, tmp_path, monkeypatc
     assert private["gaussian_bound"] == pytest.approx(
         attacks.gaussian_success_bound(private["noise_multiplier"], 40, 3))
     assert private["gaussian_bound"] <= private["dp_bound"] == 1.0
+    assert private["learned"]["trials"] == private["prior_aware"]["trials"] == 12
+    assert rows["inf"]["learned"]["trials"] == rows["inf"]["prior_aware"]["trials"] == 8
     # Non-private full-batch training is deterministic: the prior-aware attack always wins.
     assert rows["inf"]["prior_aware"]["success_rate"] == 1.0
     shown = experiment.decode_images(rows["inf"]["examples"]["reconstruction"])

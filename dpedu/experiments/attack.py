@@ -8,16 +8,18 @@ Two experiments on MNIST, both by :mod:`dpedu.attacks`:
    attack reconstructs several of them, each time knowing all the others;
 2. neural network: for each ε in ``epsilons`` (``inf`` = non-private), small MLPs trained on ``D⁻``
    plus one image each, by full-batch DP gradient descent at the σ calibrated for that ε
-   (sampling rate 1, accounted as exactly that), and ``trials`` released target models, each
-   missing one image drawn uniformly from its own prior set of ``prior_size`` images the
-   reconstructor never saw. Two attacks on them:
+   (sampling rate 1, accounted as exactly that), and ``trials`` released target models (more at
+   the small ε, where the comparison with the bound needs tight intervals), each missing one
+   image drawn uniformly from its own prior set of ``prior_size`` images the reconstructor never
+   saw. Two attacks on every one of them:
 
    * learned (Balle, Cherubin & Hayes 2022): ``shadow_models`` shadow models train a
      reconstructor network; success when its reconstruction is nearest the true image among the
      prior set;
    * prior-aware: the adversary also knows the prior set, simulates the noiseless training run
      for each candidate and names the candidate whose model is nearest the released one (the
-     kind of attack Hayes, Mahloujifar & Balle 2023 use to test their bound).
+     kind of attack Hayes, Mahloujifar & Balle 2023 use to test their bound). The simulation
+     does not depend on the trial, so each distinct candidate is simulated once.
 
 The record holds every number the notebook shows (success rates with 95 % Clopper–Pearson
 intervals, mean squared errors, the DP bounds, model accuracy), a few reconstructions (hex-encoded
@@ -69,10 +71,9 @@ class AttackConfig:
         epsilons: privacy budgets to attack (``math.inf``: non-private training).
         delta: δ of every ε.
         shadow_models: K, shadow models per ε (the reconstructor's training set).
-        trials: attacked target models per ε.
+        trials: attacked target models at each ε of ``epsilons`` (same length); trial ``t``
+            has the same prior set and missing image at every ε that has more than ``t`` trials.
         prior_size: m, candidates in each target's prior set (chance level 1/m).
-        prior_aware_trials: the first trials also attacked by the prior-aware attack (it simulates
-            m noiseless models per trial, the same for every ε).
         reconstructor_hidden_units, reconstructor_epochs, reconstructor_batch_size,
         reconstructor_learning_rate: the reconstructor network and its training.
         stored_examples: reconstructions kept in the record per ε (for the notebook's grid).
@@ -93,9 +94,8 @@ class AttackConfig:
     epsilons: tuple[float, ...] = (1.0, 10.0, 100.0, 1000.0, math.inf)
     delta: float = 1e-5
     shadow_models: int = 1000
-    trials: int = 200
+    trials: tuple[int, ...] = (1000, 1000, 200, 200, 200)
     prior_size: int = 10
-    prior_aware_trials: int = 100
     reconstructor_hidden_units: int = 256
     reconstructor_epochs: int = 20
     reconstructor_batch_size: int = 64
@@ -110,8 +110,8 @@ class AttackConfig:
 CONFIGS = {
     "full": AttackConfig(),
     # CI and the notebook's live run: about a minute on 2 CPU cores (fewer models; ε = 10 and non-private).
-    "quick": AttackConfig(glm_targets=3, shadow_models=200, trials=40, prior_aware_trials=20,
-                          epsilons=(10.0, math.inf), accuracy_models=5, test_examples=500),
+    "quick": AttackConfig(glm_targets=3, shadow_models=200, epsilons=(10.0, math.inf), trials=(40, 40),
+                          accuracy_models=5, test_examples=500),
 }
 
 
@@ -143,17 +143,24 @@ def split_data(dataset: data.Dataset, config: AttackConfig) -> dict:
 
     ``known`` (D⁻), ``shadow`` (the adversary's candidates, one per shadow model) and ``pool``
     (images the reconstructor never sees, from which each trial's prior set is drawn), plus the
-    prior sets ``priors`` ``[trials, m]`` (indices into ``pool``) and ``target_position`` ``[trials]``,
-    uniform in ``[0, m)``: the missing image of trial ``t`` is ``pool[priors[t, target_position[t]]]``.
-    ``glm`` is the convex model's training set.
+    prior sets ``priors`` ``[trials, m]`` (indices into ``pool``; ``trials`` the largest of
+    ``config.trials``) and ``target_position`` ``[trials]``, uniform in ``[0, m)``: the missing
+    image of trial ``t`` is ``pool[priors[t, target_position[t]]]``. ``glm`` is the convex model's
+    training set.
+
+    Raises:
+        ValueError: ``config.trials`` and ``config.epsilons`` of different lengths.
     """
+    if len(config.trials) != len(config.epsilons) or min(config.trials) < 1:
+        raise ValueError(f"trials must give one count >= 1 per epsilon ({len(config.epsilons)}), got {config.trials}")
+    trials = max(config.trials)
     rng = np.random.default_rng(config.seed)
     order = rng.permutation(len(dataset.train_labels))
     pool_size = max(10 * config.prior_size, 1000)
     cuts = np.cumsum([config.known_examples, config.shadow_models, pool_size])
     known, shadow, pool = np.split(order[: cuts[-1]], cuts[:-1])
-    priors = np.stack([rng.choice(pool_size, config.prior_size, replace=False) for _ in range(config.trials)])
-    target_position = rng.integers(0, config.prior_size, config.trials)
+    priors = np.stack([rng.choice(pool_size, config.prior_size, replace=False) for _ in range(trials)])
+    target_position = rng.integers(0, config.prior_size, trials)
     glm = rng.choice(len(dataset.train_labels), config.glm_examples, replace=False)
     return {"known": known, "shadow": shadow, "pool": pool, "priors": priors,
             "target_position": target_position, "glm": glm}
@@ -202,7 +209,7 @@ class AttackSetting:
         self.shadow = split["shadow"]
         self.candidates = split["pool"][split["priors"]]  # [trials, m] MNIST indices
         self.target_position = split["target_position"]
-        self.target = self.candidates[np.arange(config.trials), self.target_position]
+        self.target = self.candidates[np.arange(len(self.candidates)), self.target_position]
         self.known = split["known"]
         self.test_images = jnp.asarray(dataset.test_images[: config.test_examples])
         self.test_labels = jnp.asarray(dataset.test_labels[: config.test_examples])
@@ -217,23 +224,52 @@ class AttackSetting:
             models_per_batch=c.models_per_batch)
 
 
-def simulate_candidates(setting: AttackSetting, private: bool) -> np.ndarray:
-    """The prior-aware adversary's noiseless models, one per candidate of the first
-    ``prior_aware_trials`` trials: ``[trials, m, P]``. ``private``: clipped as DP training is
-    (without its noise); otherwise the non-private algorithm (then exactly the released model)."""
+@dataclasses.dataclass(frozen=True)
+class SimulatedCandidates:
+    """The prior-aware adversary's noiseless models of the first trials' candidates.
+
+    Attributes:
+        models: ``[U, P]`` one flattened model per distinct candidate image.
+        index: ``[trials, m]`` the row of ``models`` of each trial's candidates:
+            ``models[index]`` is the ``[trials, m, P]`` stack :func:`dpedu.attacks.nearest_candidate`
+            takes (built a chunk of trials at a time by :func:`prior_aware_guesses`: it is large).
+    """
+
+    models: np.ndarray
+    index: np.ndarray
+
+
+def simulate_candidates(setting: AttackSetting, private: bool, trials: int) -> SimulatedCandidates:
+    """The noiseless training run of every candidate of the first ``trials`` trials, each distinct
+    image once (trials share images of the pool). ``private``: clipped as DP training is (without
+    its noise); otherwise the non-private algorithm (then exactly the released model)."""
     c = setting.config
-    index = setting.candidates[: c.prior_aware_trials].reshape(-1)
-    keys = jax.random.split(jax.random.key(0), len(index))  # unused: no noise
-    models = setting.train(index, keys, l2_clip_norm=c.l2_clip_norm if private else None,
+    distinct, index = np.unique(setting.candidates[:trials], return_inverse=True)
+    keys = jax.random.split(jax.random.key(0), len(distinct))  # unused: no noise
+    models = setting.train(distinct, keys, l2_clip_norm=c.l2_clip_norm if private else None,
                            noise_multiplier=0.0 if private else None)
-    return np.asarray(models).reshape(c.prior_aware_trials, c.prior_size, -1)
+    return SimulatedCandidates(np.asarray(models), index.reshape(trials, c.prior_size))
 
 
-def run_epsilon(setting: AttackSetting, epsilon: float, key: jax.Array, simulated: np.ndarray) -> dict:
-    """Both attacks on models trained at one ε (``inf``: non-private); returns the record's row."""
+def prior_aware_guesses(released, simulated: SimulatedCandidates, chunk: int = 100) -> np.ndarray:
+    """:func:`dpedu.attacks.nearest_candidate` of released model ``t`` (trial ``t``) among trial
+    ``t``'s simulated candidates, ``chunk`` trials at a time (the whole ``[trials, m, P]`` stack
+    would take GBs)."""
+    released = np.asarray(released)
+    bounds = [(start, min(start + chunk, len(released))) for start in range(0, len(released), chunk)]
+    return np.concatenate([attacks.nearest_candidate(released[start:end], simulated.models[simulated.index[start:end]])
+                           for start, end in bounds])
+
+
+def run_epsilon(setting: AttackSetting, epsilon: float, trials: int, key: jax.Array,
+                simulated: SimulatedCandidates) -> dict:
+    """Both attacks on the first ``trials`` trials' models trained at one ε (``inf``: non-private);
+    returns the record's row."""
     start = time.perf_counter()
     c = setting.config
     images = setting.images
+    target, target_position = setting.target[:trials], setting.target_position[:trials]
+    candidate_images = images[setting.candidates[:trials]]
     if math.isinf(epsilon):
         clip = noise_multiplier = spent_epsilon = None
     else:
@@ -249,16 +285,15 @@ def run_epsilon(setting: AttackSetting, epsilon: float, key: jax.Array, simulate
         shadows, images[setting.shadow], reconstructor_key, hidden_units=c.reconstructor_hidden_units,
         epochs=c.reconstructor_epochs, batch_size=c.reconstructor_batch_size,
         learning_rate=c.reconstructor_learning_rate)
-    released = setting.train(setting.target, jax.random.split(target_key, c.trials),
+    released = setting.train(target, jax.random.split(target_key, trials),
                              l2_clip_norm=clip, noise_multiplier=noise_multiplier)
     reconstructions = np.asarray(reconstructor(released))
-    candidate_images = images[setting.candidates]
     guesses = attacks.nearest_candidate(reconstructions, candidate_images)
-    errors = np.mean((reconstructions - images[setting.target]).reshape(c.trials, -1) ** 2, axis=1)
+    errors = np.mean((reconstructions - images[target]).reshape(trials, -1) ** 2, axis=1)
     # What an MSE means: the error of always answering the average shadow image (no attack at all).
     mean_image = images[setting.shadow].mean(0)
-    mean_image_errors = np.mean((mean_image - images[setting.target]).reshape(c.trials, -1) ** 2, axis=1)
-    prior_guesses = attacks.nearest_candidate(np.asarray(released[: c.prior_aware_trials]), simulated)
+    mean_image_errors = np.mean((mean_image - images[target]).reshape(trials, -1) ** 2, axis=1)
+    prior_guesses = prior_aware_guesses(released, simulated)
     shown = np.arange(c.stored_examples)
     return {
         "epsilon": "inf" if math.isinf(epsilon) else epsilon,
@@ -269,17 +304,17 @@ def run_epsilon(setting: AttackSetting, epsilon: float, key: jax.Array, simulate
         "dp_bound": None if noise_multiplier is None else attacks.dp_success_bound(spent_epsilon, c.delta, c.prior_size),
         "gaussian_bound": None if noise_multiplier is None else attacks.gaussian_success_bound(
             noise_multiplier, c.steps, c.prior_size),
-        "learned": {**_rate(guesses == setting.target_position),
+        "learned": {**_rate(guesses == target_position),
                     "mse_mean": float(errors.mean()), "mse_median": float(np.median(errors)),
                     "mean_image_mse": float(mean_image_errors.mean())},
-        "prior_aware": _rate(prior_guesses == setting.target_position[: c.prior_aware_trials]),
+        "prior_aware": _rate(prior_guesses == target_position),
         "test_accuracy": _accuracy(setting.module, setting.unravel, released[: c.accuracy_models],
                                    setting.test_images, setting.test_labels),
         "examples": {
-            "target": encode_images(images[setting.target[shown]]),
+            "target": encode_images(images[target[shown]]),
             "reconstruction": encode_images(reconstructions[shown]),
             "nearest_candidate": encode_images(candidate_images[shown, guesses[shown]]),
-            "success": (guesses[shown] == setting.target_position[shown]).tolist(),
+            "success": (guesses[shown] == target_position[shown]).tolist(),
             "prior_aware_guess": encode_images(candidate_images[shown, prior_guesses[shown]]),
         },
         "shadow_seconds": shadow_seconds,
@@ -297,11 +332,15 @@ def run(config: AttackConfig, mode: str, data_dir=None, command: str | None = No
     split = split_data(dataset, config)
     convex = run_convex(dataset, split, config)
     setting = AttackSetting(dataset, split, config)
-    simulated = {private: simulate_candidates(setting, private)
-                 for private in {not math.isinf(eps) for eps in config.epsilons}}
+    # One simulation per training algorithm (clipped for every finite ε, plain for ε = inf),
+    # covering the most trials any ε of that algorithm attacks.
+    most_trials = {}
+    for eps, trials in zip(config.epsilons, config.trials):
+        most_trials[not math.isinf(eps)] = max(trials, most_trials.get(not math.isinf(eps), 0))
+    simulated = {private: simulate_candidates(setting, private, trials) for private, trials in most_trials.items()}
     keys = jax.random.split(jax.random.key(config.seed + 1), len(config.epsilons))
-    rows = [run_epsilon(setting, eps, key, simulated[not math.isinf(eps)])
-            for eps, key in progress(list(zip(config.epsilons, keys)), desc="ε")]
+    rows = [run_epsilon(setting, eps, trials, key, simulated[not math.isinf(eps)])
+            for eps, trials, key in progress(list(zip(config.epsilons, config.trials, keys)), desc="ε")]
     config_dict = dataclasses.asdict(config)
     config_dict["epsilons"] = ["inf" if math.isinf(e) else e for e in config.epsilons]
     extra = {} if command is None else {"command": command}
