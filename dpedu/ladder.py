@@ -30,7 +30,7 @@ Four scales (:data:`SCALES`):
 * ``"cpu"``: what fits on 2 CPU cores in about 20-25 minutes for the whole ladder: a small WRN
   on the full JPEG copy of CIFAR-10 (50,000 training, 10,000 test images) for a short budget
   (see :data:`CPU_REFERENCE`), ε = 8 accounted with PLD for Poisson sampling. Far below the
-  paper's numbers: a few hundred noisy steps of a network ~100x smaller.
+  paper's numbers: 49 to 195 noisy steps of a network ~100x smaller.
 * ``"colab"``: a free Colab GPU, aimed at about 15 minutes per rung (an estimate, not yet
   measured): WRN-16-4 for 10 epochs on CIFAR-10 (tensorflow-datasets or the official files),
   augmentation multiplicity 4, ε = 8 exact.
@@ -101,7 +101,7 @@ PAPER_REFERENCE = (
 # The cpu scale: what the whole ladder can do in about 20-25 minutes on 2 CPU cores.
 CPU_REFERENCE = (
     "CPU scale: WRN-10-1 (79k parameters) on the full JPEG copy of CIFAR-10 (50,000 training, "
-    "10,000 test images) for 0.25 epochs, batch 128 then 512 (98 then 24 noisy steps), augmentation "
+    "10,000 test images) for half an epoch, batch 128 then 512 (195 then 49 noisy steps), augmentation "
     "multiplicity 2, SGD lr 2, C = 1; σ calibrated to ε = 8 with PLD for Poisson sampling. A "
     "short-budget run on a small network, NOT the paper's setting: its accuracies are far below "
     "the paper's."
@@ -135,7 +135,7 @@ _SCALES["quick"] = (
 )
 _SCALES["cpu"] = (
     _base(
-        "cpu", model="wrn-tiny", source="jpeg", batch_size=128, microbatch_size=32, epochs=0.25,
+        "cpu", model="wrn-tiny", source="jpeg", batch_size=128, microbatch_size=32, epochs=0.5,
         lr=2.0, accountant="pld", reference=CPU_REFERENCE,
     ),
     dict(norm="group", batch_size=512, weight_standardization=True, augmult=2, ema=EMA_DECAY),
