@@ -230,6 +230,10 @@ def per_example_grad_norms(loss_fn: Callable[..., jax.Array], params: PyTree, in
     to memory otherwise). The batch is zero-padded to a multiple of ``chunk_size``; the padding's
     norms are dropped.
 
+    Formal guarantees:
+        None by itself: the norms are exact functions of each example (NOT private). They only
+        set the clipping factors of :func:`clip_factors`; releasing them is not covered by ε.
+
     Args:
         loss_fn: ``loss_fn(params, example_inputs, example_label) -> scalar`` for ONE example.
         params: parameter pytree.
@@ -271,6 +275,11 @@ def clip_factors(norms: jax.Array, mask, l2_clip_norm) -> jax.Array:
 
     Abadi et al. 2016, Algorithm 1: ``ḡᵢ = wᵢ gᵢ``; the same factor (and the same NaN rule) as
     :func:`clip_to_norm`, given the norms.
+
+    Formal guarantees:
+        ``0 <= wᵢ <= 1`` and ``wᵢ · ‖gᵢ‖ <= C`` (up to float rounding) for every example, whatever
+        ``norms`` holds: so ``wᵢ gᵢ`` is a clipped gradient, and an example with ``maskᵢ`` False or
+        a non-finite norm gets exactly 0.
 
     Edge cases:
 
