@@ -21,13 +21,13 @@ dp-accounting for the mechanism that ran), stored whole with its provenance:
   Abadi et al. table (records ``results/<config>-eps<ε>[-<epochs>ep].json``); not run by
   ``--quick``/``--full``.
 
-Budgets. ``--quick``: a 4,000-image subset of MNIST, 12 short runs, about 3 minutes of CPU time on
-2 cores (measured; 7 minutes of wall time on a busy shared machine); its accuracies are NOT
-full-mode numbers. ``--full``: full MNIST (60,000 training images), 21 runs of 1–3 epochs — 46
-epochs of the CNN and 6 of the MLP in all — estimated at about 35 minutes on 2 idle CPU cores from
-measured costs (the CNN's DP-SGD step about 0.5 ms per example, the MLP's about 1 ms, plus about
-15 s of compilation and calibration per run); ``--parts`` runs a subset. A table row trains 30 or
-40 epochs on full MNIST: about 8–11 minutes for the CNN on 2 idle CPU cores (measured).
+Budgets. ``--quick``: a 4,000-image subset of MNIST, 12 short runs, about 4 minutes of wall time
+on 2 shared CPU cores (measured: 247 s at load ~5); its accuracies are NOT full-mode numbers.
+``--full``: full MNIST (60,000 training images), 21 runs of 1–3 epochs — 46 epochs of the CNN and 6
+of the MLP in all — estimated at 20–30 minutes on 2 idle CPU cores from measured costs (a CNN
+epoch about 17 s, an MLP epoch about 6 s with two-pass clipping, plus about 15 s of compilation and
+calibration per run); ``--parts`` runs a subset. A table row trains 30 or 40 epochs on full MNIST:
+about 10 minutes for the CNN and 4 for the MLP on 2 CPU cores (measured).
 
 Taught in notebooks/03_dpsgd_mnist.ipynb.
 """
