@@ -401,3 +401,45 @@ def test_exercise_checkers_reject_typical_mistakes():
         exercises.check("2", uncapped, exercises.check_success_bound)
     with pytest.raises(exercises.ExerciseError, match="√T/σ"):
         exercises.check("3", one_step_only, exercises.check_gaussian_success_bound)
+
+
+# --------------------------------------------------------------------------------------------
+# The stored full-mode record (results/attack_full.json) meets the acceptance criteria
+# --------------------------------------------------------------------------------------------
+
+
+def test_stored_full_record_meets_the_acceptance_criteria():
+    record = experiment.load_results("full", download=False)
+    assert record is not None, "results/attack_full.json is missing"
+    # Made by the committed command at a clean commit, with the committed full configuration.
+    assert record["command"] == "python -m dpedu.experiments.attack --full --out results/attack_full.json"
+    assert not record["git_commit"].endswith("-dirty")
+    config = dataclasses.asdict(experiment.CONFIGS["full"])
+    config["epsilons"] = ["inf" if math.isinf(e) else e for e in config["epsilons"]]
+    assert record["config"] == json.loads(json.dumps(config))
+    # Convex: every target reconstructed to MSE <= 1e-4 with its label.
+    convex = record["convex"]
+    assert convex["max_mse"] <= 1e-4 and convex["labels_correct"] == record["config"]["glm_targets"]
+    rows = {row["epsilon"]: row for row in record["by_epsilon"]}
+    chance = 1 / record["config"]["prior_size"]
+    # Non-private: the learned attack clearly beats guessing (its whole 95 % interval above 2/m).
+    assert rows["inf"]["learned"]["success_ci95"][0] > 2 * chance
+    for eps, trials in zip(record["config"]["epsilons"], record["config"]["trials"]):
+        assert rows[eps]["learned"]["trials"] == rows[eps]["prior_aware"]["trials"] == trials
+    for eps, row in rows.items():
+        if eps == "inf":
+            continue
+        # ε from dpedu.accounting for full batches: the exact ε of one Gaussian with σ/√T.
+        exact = mechanisms.analytic_epsilon(row["noise_multiplier"] / math.sqrt(record["config"]["steps"]), 1e-5)
+        assert row["sampling_rate"] == 1.0 and exact <= row["epsilon_spent"] <= eps
+        assert row["dp_bound"] == pytest.approx(attacks.dp_success_bound(row["epsilon_spent"], 1e-5,
+                                                                         record["config"]["prior_size"]))
+        if eps <= 10:  # at ε <= 10 the measured success rates do not exceed the DP bounds
+            for attack in ("learned", "prior_aware"):
+                assert row[attack]["success_rate"] <= row["gaussian_bound"] <= row["dp_bound"]
+    # At ε = 1 the learned attack is near the baseline: chance lies in its 95 % interval.
+    low, high = rows[1.0]["learned"]["success_ci95"]
+    assert low <= chance <= high
+    for row in rows.values():  # the notebook's grid and slider read these
+        shown = experiment.decode_images(row["examples"]["reconstruction"])
+        assert shown.shape == (record["config"]["stored_examples"], 28, 28, 1)
