@@ -10,6 +10,16 @@ import subprocess
 import sys
 
 
+def jsonable(value):
+    """``json.dumps(..., default=jsonable)``: NumPy scalars and NumPy/JAX arrays inside a record
+    become plain Python numbers and lists; anything else raises ``TypeError``."""
+    if hasattr(value, "item") and getattr(value, "ndim", None) == 0:
+        return value.item()
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    raise TypeError(f"cannot store {type(value).__name__} in JSON")
+
+
 def git_commit(path: str | None = None) -> str:
     """The commit of the checkout holding ``path`` (default: this package), with ``-dirty`` when
     tracked files differ from it; ``"unknown"`` outside a git checkout (e.g. a pip install)."""

@@ -48,3 +48,16 @@ def test_load_average_without_os_support(monkeypatch):
     monkeypatch.setattr(provenance.os, "getloadavg", unsupported)
     assert provenance.load_average() == {"load_average_1min": None, "load_average_5min": None,
                                          "load_average_15min": None}
+
+
+def test_jsonable_turns_numpy_and_jax_values_into_plain_json():
+    import json
+
+    import jax.numpy as jnp
+    import numpy as np
+
+    record = {"scalar": np.float32(1.5), "count": np.int64(3), "array": np.arange(3), "device": jnp.ones(2)}
+    assert json.loads(json.dumps(record, default=provenance.jsonable)) == {
+        "scalar": 1.5, "count": 3, "array": [0, 1, 2], "device": [1.0, 1.0]}
+    with pytest.raises(TypeError, match="cannot store object in JSON"):
+        json.dumps({"x": object()}, default=provenance.jsonable)

@@ -19,8 +19,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 from dpedu import ladder, provenance
 from dpedu.data import DataError
 
@@ -33,15 +31,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--rungs", default=f"0-{ladder.NUM_RUNGS - 1}", help="e.g. 0-5, 3 or 0,2,4 (default: all)")
     parser.add_argument("--out", required=True, help="JSON file to write, e.g. results/ladder_quick.json")
     return parser
-
-
-def _jsonable(value):
-    """json.dump fallback for NumPy and JAX values in training records."""
-    if isinstance(value, np.generic):
-        return value.item()
-    if hasattr(value, "tolist"):
-        return np.asarray(value).tolist()
-    raise TypeError(f"cannot store {type(value).__name__} in JSON")
 
 
 def main(argv=None) -> int:
@@ -72,7 +61,7 @@ def main(argv=None) -> int:
     )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1, default=_jsonable) + "\n")
+    out.write_text(json.dumps(result, indent=1, default=provenance.jsonable) + "\n")
     for record in records:
         print(f"rung {record['rung']} {record['title']:<34} test accuracy {100 * record['test_accuracy']:5.1f} %  "
               f"ε = {record['epsilon']:.3f} (σ = {record['noise_multiplier']:.3g}, {record['steps']} steps)  "

@@ -45,7 +45,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dpedu import accounting, pca, sampling
+from dpedu import accounting, pca, provenance, sampling
 from dpedu.configs import get_config
 
 MODES = ("quick", "full")
@@ -344,15 +344,6 @@ def table_records(results_dir=None) -> dict:
     return rows
 
 
-def _jsonable(value):
-    """json.dump fallback for NumPy values in training records."""
-    if isinstance(value, np.generic):
-        return value.item()
-    if hasattr(value, "tolist"):
-        return np.asarray(value).tolist()
-    raise TypeError(f"cannot store {type(value).__name__} in JSON")
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m dpedu.experiments.mnist_sweep",
                                      description=__doc__.splitlines()[0])
@@ -410,7 +401,7 @@ def main(argv=None) -> int:
     )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1, default=_jsonable) + "\n")
+    out.write_text(json.dumps(result, indent=1, default=provenance.jsonable) + "\n")
     for entry in entries:
         rec = entry["record"]
         print(f"{entry['part']:<13} {entry['label']:<32} acc {rec['test_accuracy']:.4f}  ε = {rec['epsilon']:.3f}  "
