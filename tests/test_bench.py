@@ -22,6 +22,9 @@ def test_bench_times_both_steps_and_both_clipping_methods():
     assert result["parameters"] == 71_010 and result["steps"] == 20
     assert result["opacus"] == {"skipped": "not requested (--opacus)"}
     assert {"device", "git_commit", "date", "command", "load_average_1min"} <= set(result)
+    # The whole benchmark's wall time, at least the timed steps' (a record states its wall time).
+    timed = sum(result[k]["median_step_seconds"] for k in ("nonprivate", "dpsgd")) * 20
+    assert result["wall_seconds"] >= 0.5 * timed and result["seed"] == 0
     assert "DP-SGD two_pass (used)" in bench._describe(result)
 
 
