@@ -200,6 +200,49 @@ def test_calibration_unreachable_target():
         acc.calibrate_noise_multiplier(1e9, 1.0, 1, DELTA, "rdp")  # even σ < 1e-3 would meet it
 
 
+
+def _composed_with_gaussian(sigma, q=0.01, steps=1000):
+    # DP-SGD after one extra Gaussian mechanism (σ = 20), as the DP-PCA pipeline composes them.
+    return dp_accounting.ComposedDpEvent([dp_accounting.GaussianDpEvent(20.0), acc.dp_event(sigma, q, steps)])
+
+
+@pytest.mark.parametrize("accountant", ["rdp", "pld"])
+def test_event_calibration_is_tight_to_one_percent(accountant):
+    sigma = acc.calibrate_noise_multiplier_for_event(_composed_with_gaussian, 1.0, DELTA, accountant)
+    assert acc.epsilon_for_event(_composed_with_gaussian(sigma), DELTA, accountant) <= 1.0
+    assert acc.epsilon_for_event(_composed_with_gaussian(0.99 * sigma), DELTA, accountant) > 1.0
+
+
+def test_event_calibration_of_plain_dp_sgd_matches_calibrate_noise_multiplier():
+    plain = acc.calibrate_noise_multiplier(1.0, 0.01, 1000, DELTA, "pld")
+    sigma = acc.calibrate_noise_multiplier_for_event(lambda s: acc.dp_event(s, 0.01, 1000), 1.0, DELTA, "pld")
+    assert sigma == pytest.approx(plain, rel=0.011)  # both within 1 % of the smallest σ
+
+
+def test_event_calibration_from_a_lower_bound():
+    plain = acc.calibrate_noise_multiplier_for_event(lambda s: acc.dp_event(s, 0.01, 1000), 1.0, DELTA, "rdp")
+    # Composing another mechanism only adds noise needed: the plain σ is a valid starting bound ...
+    composed = acc.calibrate_noise_multiplier_for_event(_composed_with_gaussian, 1.0, DELTA, "rdp", lower_bound=plain)
+    assert composed > plain
+    assert acc.epsilon_for_event(_composed_with_gaussian(composed), DELTA, "rdp") <= 1.0
+    # ... and when the bound already meets the target it is the answer (no search below it).
+    assert acc.calibrate_noise_multiplier_for_event(lambda s: acc.dp_event(s, 0.01, 1000), 1.0, DELTA, "rdp",
+                                                    lower_bound=plain) == plain
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(target_epsilon=0.0), "target_epsilon"),
+    (dict(delta=1.0), "delta"),
+    (dict(accountant="moments"), "accountant"),
+    (dict(lower_bound=-1.0), "noise_multiplier"),
+    (dict(target_epsilon=1e-9), "target_epsilon"),  # no σ ≤ 1e8 reaches it
+])
+def test_event_calibration_rejects_bad_input(kwargs, match):
+    args = dict(target_epsilon=1.0, delta=DELTA, accountant="rdp")
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        acc.calibrate_noise_multiplier_for_event(_composed_with_gaussian, **args)
+
 # --- events: Poisson and shuffle ---------------------------------------------------------------
 
 def test_dp_event_poisson_structure():
