@@ -3,8 +3,11 @@
 Both steps come from :mod:`dpedu.dpsgd` (:func:`~dpedu.dpsgd.make_nonprivate_step`: batched
 back-propagation; :func:`~dpedu.dpsgd.make_dp_step`: clipped per-example gradients, noise) with
 the whole batch as one micro-batch, so each step is ONE compiled call. The DP-SGD step uses the
-clipping method the model's configs use (:func:`dpedu.configs.clipping_for`); the other method of
-:data:`dpedu.clipping.CLIPPING_METHODS` is timed too unless ``compare_methods=False``.
+clipping method the model's configs use (:func:`dpedu.configs.clipping_for`); the other methods of
+:data:`dpedu.clipping.CLIPPING_METHODS` are timed too unless ``compare_methods=False`` (ghost
+clipping only where :class:`dpedu.ghost.GhostLoss` supports the model; the record says why not
+otherwise). The loss is a :class:`~dpedu.ghost.GhostLoss`, the usual one-example loss for the
+other methods.
 Each is compiled (timed separately), warmed up, then timed ``steps`` times with
 ``block_until_ready``; the median is reported. Optionally the same model and batch are timed with
 Opacus (PyTorch), when ``torch`` and ``opacus`` are installed (``pip install 'dpedu[bench]'``).
@@ -26,7 +29,7 @@ import jax
 import numpy as np
 import optax
 
-from dpedu import clipping, dpsgd, models
+from dpedu import clipping, dpsgd, ghost, models
 from dpedu._validation import check_steps
 from dpedu.configs import clipping_for
 
@@ -137,17 +140,20 @@ def bench(model: str, batch_size: int, steps: int = MIN_STEPS, opacus: bool = Fa
         seed: seed of the parameters and random inputs.
         clipping_method, norm_chunk_size: the DP-SGD step's clipping (:func:`dpedu.dpsgd.make_dp_step`);
             None: what the model's configs use (:func:`dpedu.configs.clipping_for`).
-        compare_methods: also time the other clipping method(s) (``dpsgd_by_method``).
+        compare_methods: also time the other clipping methods (``dpsgd_by_method``); ``"ghost"``
+            only if the model supports it (else ``dpsgd_skipped`` says why).
 
     Returns:
         A record: ``nonprivate`` and ``dpsgd`` (each ``compile_seconds``,
         ``median_step_seconds``, ``examples_per_second``), ``clipping`` (method and norm chunk of
         ``dpsgd``), ``ratio`` (DP-SGD / non-private), ``dpsgd_by_method`` (every timed method),
+        ``dpsgd_skipped`` (method -> why it was not timed),
         ``opacus`` (timings, or ``skipped`` with the reason), ``load_average_1min`` and
         provenance.
 
     Raises:
-        ValueError: unknown model or clipping method, ``batch_size < 1`` or ``steps < 20``.
+        ValueError: unknown model or clipping method, ``batch_size < 1`` or ``steps < 20``, or
+            ``clipping_method="ghost"`` for a model ghost clipping does not support.
 
     Taught in notebooks/03_dpsgd_mnist.ipynb.
     """
@@ -165,12 +171,19 @@ def bench(model: str, batch_size: int, steps: int = MIN_STEPS, opacus: bool = Fa
     labels = rng.integers(0, spec.num_classes, batch_size).astype(np.int32)
     module, params = models.init_params(model, seed)
 
-    def loss_fn(p, x, y):
-        return optax.softmax_cross_entropy_with_integer_labels(module.apply(p, x[None])[0], y)
-
+    loss_fn = ghost.GhostLoss(module, optax.softmax_cross_entropy_with_integer_labels)
     optimizer = optax.sgd(0.1)
     batch = (inputs[None], labels[None], np.ones((1, batch_size), bool))  # one micro-batch
     methods = [method] + [m for m in clipping.CLIPPING_METHODS if compare_methods and m != method]
+    skipped = {}
+    if "ghost" in methods:
+        try:
+            loss_fn.layer_plan(params, inputs)
+        except ValueError as error:
+            if method == "ghost":
+                raise
+            skipped["ghost"] = str(error)
+            methods.remove("ghost")
     # The other method with the chunk size the model's table gives it (None outside two-pass).
     chunks = {m: norm_chunk_size if m == method else clipping_for(model, m)[1] for m in methods}
     steps_by_kind = {"nonprivate": dpsgd.make_nonprivate_step(loss_fn, optimizer)}
@@ -190,7 +203,7 @@ def bench(model: str, batch_size: int, steps: int = MIN_STEPS, opacus: bool = Fa
         nonprivate=timings["nonprivate"], dpsgd=timings[method],
         clipping={"method": method, "norm_chunk_size": norm_chunk_size},
         ratio=timings[method]["median_step_seconds"] / timings["nonprivate"]["median_step_seconds"],
-        dpsgd_by_method={m: timings[m] for m in methods},
+        dpsgd_by_method={m: timings[m] for m in methods}, dpsgd_skipped=skipped,
         opacus=_opacus(model, inputs, labels, steps) if opacus else {"skipped": "not requested (--opacus)"},
         wall_seconds=time.perf_counter() - started,
     )
@@ -205,6 +218,8 @@ def _describe(result: dict) -> str:
     for label, t in rows:
         lines.append(f"  {label:<24} {1e3 * t['median_step_seconds']:9.2f} ms/step  "
                      f"{t['examples_per_second']:9.0f} examples/s  (compile {t['compile_seconds']:.2f} s)")
+    for m, reason in result.get("dpsgd_skipped", {}).items():
+        lines.append(f"  DP-SGD {m}: not timed ({reason})")
     lines.append(f"  DP-SGD ({result['clipping']['method']}) / non-private: {result['ratio']:.2f}x; "
                  f"1-min load average {result['load_average_1min']}")
     opacus = result["opacus"]

@@ -14,7 +14,7 @@ import sys
 # `dpedu --help` and argument errors are instant. These copies are checked against
 # dpedu.accounting.ACCOUNTANTS and dpedu.clipping.CLIPPING_METHODS by tests/test_cli_account.py.
 ACCOUNTANTS = ("naive", "strong", "moments", "rdp", "pld")
-CLIPPING_METHODS = ("per_example", "two_pass")
+CLIPPING_METHODS = ("per_example", "two_pass", "ghost")
 
 
 def _add_account(sub) -> None:
@@ -63,7 +63,7 @@ def _add_bench(sub) -> None:
     p.add_argument("--opacus", action="store_true", help="also time Opacus (needs torch, opacus)")
     p.add_argument("--clipping-method", default=None, choices=CLIPPING_METHODS,
                    help="DP-SGD clipping method (default: the one the model's configs use)")
-    p.add_argument("--no-compare", action="store_true", help="do not also time the other clipping method")
+    p.add_argument("--no-compare", action="store_true", help="do not also time the other clipping methods")
     p.add_argument("--json", action="store_true")
     p.add_argument("--out", default=None, help="write the JSON record here")
 

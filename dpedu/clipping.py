@@ -7,7 +7,7 @@ gradient has norm at most ``C``, adding or removing one example changes the SUM 
 gradients by at most ``C`` in l2: that is the sensitivity the Gaussian noise of
 :mod:`dpedu.noise` is calibrated to.
 
-Two ways to get that sum (:data:`CLIPPING_METHODS`), equal in exact arithmetic:
+Three ways to get that sum (:data:`CLIPPING_METHODS`), equal in exact arithmetic:
 
 * ``"per_example"`` (:func:`clipped_grad`): every example's gradient by ``jax.vmap(jax.grad)``,
   clipped, then summed — the textbook algorithm; it materialises ``B`` gradients.
@@ -18,6 +18,11 @@ Two ways to get that sum (:data:`CLIPPING_METHODS`), equal in exact arithmetic:
   Per-Example Gradient Clipping", and the "ghost clipping" of Li et al. 2022). Much faster for
   dense layers on CPU, where XLA handles ``vmap`` of the weight gradient (an outer product per
   example) badly.
+* ``"ghost"`` (:meth:`dpedu.ghost.GhostLoss.clipped_grad_sum`, for Flax models made of Dense and
+  Conv layers only): ONE backward pass to every layer's output; each example's norm and the
+  clipped sum then follow from the layers' inputs and output gradients (Li et al. 2022's ghost
+  norm, Bu et al. 2023's book-keeping). It lives in :mod:`dpedu.ghost` because it needs the
+  model's layers, which a one-example ``loss_fn`` hides; this module stays free of Flax.
 
 Taught in notebooks/03_dpsgd_mnist.ipynb.
 """
@@ -34,7 +39,7 @@ import optax
 from dpedu._validation import check_non_negative
 
 PyTree = Any
-CLIPPING_METHODS = ("per_example", "two_pass")
+CLIPPING_METHODS = ("per_example", "two_pass", "ghost")
 
 
 def _check_l2_clip_norm(l2_clip_norm):

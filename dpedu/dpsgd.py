@@ -39,18 +39,28 @@ PyTree = Any
 LossFn = Callable[..., jax.Array]
 
 
+def _ghost_clipped_grad_sum(loss_fn: LossFn) -> Callable:
+    # Duck-typed so that this module needs no Flax: dpedu.ghost.GhostLoss provides the method.
+    method = getattr(loss_fn, "clipped_grad_sum", None)
+    if not callable(method):
+        raise ValueError("clipping_method='ghost' needs a loss_fn with a clipped_grad_sum method, e.g. "
+                         f"dpedu.ghost.GhostLoss(module, example_loss); got {loss_fn!r}")
+    return method
+
+
 def clipped_grad_sum(loss_fn: LossFn, params: PyTree, inputs, labels, mask, l2_clip_norm,
                      augmult: bool = False, clipping_method: str = "per_example",
                      norm_chunk_size: int | None = None) -> tuple[PyTree, dict]:
     """Sum over a (micro-)batch of per-example clipped gradients, and clipping statistics.
 
     Abadi et al. 2016, Algorithm 1, "Compute gradient" and "Clip gradient", summed:
-    ``Σᵢ maskᵢ · gᵢ · min(1, C / ‖gᵢ‖)``, by either method of :mod:`dpedu.clipping` (the same
-    sum in exact arithmetic): ``"per_example"`` (:func:`dpedu.clipping.clipped_grad`,
-    ``jax.vmap`` of ``jax.grad``, each gradient clipped then summed) or ``"two_pass"``
+    ``Σᵢ maskᵢ · gᵢ · min(1, C / ‖gᵢ‖)``, by any method of :data:`dpedu.clipping.CLIPPING_METHODS`
+    (the same sum in exact arithmetic): ``"per_example"`` (:func:`dpedu.clipping.clipped_grad`,
+    ``jax.vmap`` of ``jax.grad``, each gradient clipped then summed), ``"two_pass"``
     (:func:`dpedu.clipping.two_pass_clipped_grad_sum`: norms, then one weighted batched backward
-    pass). Pure and jit-friendly (``loss_fn``, ``augmult``, ``clipping_method`` and
-    ``norm_chunk_size`` static).
+    pass) or ``"ghost"`` (``loss_fn.clipped_grad_sum``, which :class:`dpedu.ghost.GhostLoss`
+    provides: one backward pass to the layer outputs, for Flax Dense/Conv models). Pure and
+    jit-friendly (``loss_fn``, ``augmult``, ``clipping_method`` and ``norm_chunk_size`` static).
 
     Formal guarantees:
         The sum has l2 sensitivity ``l2_clip_norm`` under adding or removing one example, for any
@@ -70,7 +80,9 @@ def clipped_grad_sum(loss_fn: LossFn, params: PyTree, inputs, labels, mask, l2_c
         l2_clip_norm: ``C`` in ``[0, inf]``.
         augmult: ``inputs`` carries the copy axis K; gradients are averaged over it before
             clipping (De et al. 2022, §3.1).
-        clipping_method: ``"per_example"`` or ``"two_pass"`` (:data:`dpedu.clipping.CLIPPING_METHODS`).
+        clipping_method: ``"per_example"``, ``"two_pass"`` or ``"ghost"``
+            (:data:`dpedu.clipping.CLIPPING_METHODS`); ``"ghost"`` needs ``loss_fn`` to be a
+            :class:`dpedu.ghost.GhostLoss` (or anything with its ``clipped_grad_sum`` method).
         norm_chunk_size: ``"two_pass"`` only: examples per ``vmap`` in the norm pass
             (:func:`dpedu.clipping.per_example_grad_norms`); None: the whole micro-batch.
 
@@ -80,11 +92,17 @@ def clipped_grad_sum(loss_fn: LossFn, params: PyTree, inputs, labels, mask, l2_c
         (examples whose norm exceeded ``C``) and ``grad_norm_sum`` (sum of pre-clipping norms).
 
     Raises:
-        ValueError: an unknown ``clipping_method``, a bad ``norm_chunk_size`` or ``l2_clip_norm``.
+        ValueError: an unknown ``clipping_method``, a bad ``norm_chunk_size`` or ``l2_clip_norm``;
+            ``"ghost"`` with a ``loss_fn`` lacking ``clipped_grad_sum`` or a model it does not
+            support (the message names the layer or parameter).
 
     Taught in notebooks/03_dpsgd_mnist.ipynb.
     """
-    if clipping.check_clipping_method(clipping_method) == "two_pass":
+    method = clipping.check_clipping_method(clipping_method)
+    if method == "ghost":
+        grad_sum, norms = _ghost_clipped_grad_sum(loss_fn)(params, inputs, labels, mask, l2_clip_norm,
+                                                           augmult=augmult)
+    elif method == "two_pass":
         grad_sum, norms = clipping.two_pass_clipped_grad_sum(loss_fn, params, inputs, labels, mask, l2_clip_norm,
                                                              augmult=augmult, chunk_size=norm_chunk_size)
     else:
@@ -229,8 +247,9 @@ def make_dp_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *, l2
         noise_multiplier: ``σ > 0``.
         expected_batch_size: ``q · N > 0`` (the public normaliser; not the realised size).
         augmult: inputs carry K augmented copies per example (``[..., m, K, ...]``).
-        clipping_method: how the clipped sum is computed, ``"per_example"`` or ``"two_pass"``
-            (same result; see :func:`clipped_grad_sum`): a speed choice only.
+        clipping_method: how the clipped sum is computed, ``"per_example"``, ``"two_pass"`` or
+            ``"ghost"`` (same result; see :func:`clipped_grad_sum`): a speed choice only.
+            ``"ghost"`` needs a :class:`dpedu.ghost.GhostLoss` as ``loss_fn``.
         norm_chunk_size: ``"two_pass"`` only: examples per ``vmap`` in its norm pass.
 
     Returns:
@@ -246,6 +265,8 @@ def make_dp_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, *, l2
     expected_batch_size = check_positive("expected_batch_size", expected_batch_size)
     clipping.check_clipping_method(clipping_method)
     clipping.check_chunk_size(norm_chunk_size, "norm_chunk_size")
+    if clipping_method == "ghost":
+        _ghost_clipped_grad_sum(loss_fn)  # fail now, not at the first step
 
     def batch_grad_sum(params, inputs, labels, mask):
         return clipped_grad_sum(loss_fn, params, inputs, labels, mask, l2_clip_norm, augmult, clipping_method,

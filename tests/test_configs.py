@@ -51,7 +51,7 @@ def test_paper_hyper_parameters():
     (dict(dataset="svhn"), "dataset"),
     (dict(optimizer="rmsprop"), "optimizer"),
     (dict(lr_schedule="linear"), "lr_end"),
-    (dict(clipping_method="ghost"), "clipping_method must be one of None, 'per_example', 'two_pass'"),
+    (dict(clipping_method="nope"), "clipping_method must be one of None, 'per_example', 'two_pass', 'ghost'"),
     (dict(norm_chunk_size=0), "norm_chunk_size must be None or an integer >= 1"),
 ])
 def test_bad_values_raise_naming_the_field(changes, match):

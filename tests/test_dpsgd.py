@@ -232,7 +232,7 @@ def test_two_pass_clipped_grad_sum_equals_loop():
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    (dict(clipping_method="ghost"), "clipping_method must be one of 'per_example', 'two_pass'"),
+    (dict(clipping_method="nope"), "clipping_method must be one of 'per_example', 'two_pass', 'ghost'"),
     (dict(clipping_method="two_pass", norm_chunk_size=0), "norm_chunk_size must be None or an integer >= 1"),
 ])
 def test_make_dp_step_rejects_bad_clipping_options(kwargs, match):
