@@ -25,12 +25,17 @@ DATASETS = ("mnist", "cifar10")
 OPTIMIZERS = ("sgd", "momentum", "adam")
 LR_SCHEDULES = ("constant", "linear", "cosine")
 SAMPLERS = ("poisson", "shuffle")
-# The faster of dpedu.clipping's two ways to the same clipped sum, per model, measured with
-# `dpedu bench` on 2 CPU cores: (clipping_method, norm_chunk_size). Unlisted models: per-example.
+# The fastest of dpedu.clipping's ways to the same clipped sum, per model, measured on 2 CPU cores:
+# (clipping_method, norm_chunk_size). Unlisted models: per-example.
 # mnist-mlp-pca, micro-batch 200: per-example 266 ms, two-pass 72 ms (whole batch in one vmap),
 # 14.6 ms with norm chunks of 16 and 16.9 ms with 8; batch 600: 38.6 ms with chunks of 8, 49.6 ms
 # with 16 (load ~3.4). mnist-cnn, batch 256: per-example 124 ms CPU, two-pass 210 ms (load ~4.6).
-CLIPPING_BY_MODEL = {"mnist-mlp-pca": ("two_pass", 8)}
+# Ghost clipping (dpedu.ghost), whole DP-SGD steps timed interleaved in one process (medians,
+# load 2.3 -> 4.1, the machine busy with a training run): mnist-cnn batch 256: non-private
+# 31.0 ms, per-example 55.8, two-pass 76.4, ghost 38.2 (1.23x); batch 128: 14.1 / 22.8 / 34.1 /
+# 17.0 ms. mnist-mlp-pca batch 600: non-private 5.3 ms, two-pass (chunks of 8) 30.6, ghost 5.5;
+# batch 200: 1.7 / 11.5 / 2.3 ms.
+CLIPPING_BY_MODEL = {"mnist-mlp-pca": ("ghost", None), "mnist-cnn": ("ghost", None)}
 # Training reports ε from dp_accounting's accountants of the DpEvent that ran (PCA composed in).
 TRAIN_ACCOUNTANTS = ("pld", "rdp")
 PCA_KINDS = (None, "dp", "public")
@@ -72,9 +77,9 @@ class TrainConfig:
         calibration_accountant: the accountant σ is calibrated with (None: ``accountant``).
             ``"rdp"`` is much faster than PLD and gives a σ that PLD certifies too (PLD's ε is
             the smaller), at the price of a little more noise than needed: quick variants use it.
-        clipping_method: ``"per_example"`` or ``"two_pass"`` (:mod:`dpedu.clipping`; the same
-            clipped sum, a speed choice only); None: the model's measured-faster method
-            (:data:`CLIPPING_BY_MODEL`, see :meth:`clipping`).
+        clipping_method: ``"per_example"``, ``"two_pass"`` or ``"ghost"`` (:mod:`dpedu.clipping`,
+            :mod:`dpedu.ghost`; the same clipped sum, a speed choice only); None: the model's
+            measured-faster method (:data:`CLIPPING_BY_MODEL`, see :meth:`clipping`).
         norm_chunk_size: examples per ``vmap`` in the two-pass norm pass (None: the model's
             default from :data:`CLIPPING_BY_MODEL` when ``clipping_method`` is None, else the
             whole micro-batch).

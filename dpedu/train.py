@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from dpedu import accounting, augment, averaging, data, dpsgd, models, pca, sampling
+from dpedu import accounting, augment, averaging, data, dpsgd, ghost, models, pca, sampling
 from dpedu.configs import TrainConfig, get_config
 
 # Public, data-independent input normalisation, as Tramèr & Boneh's code does it: none for MNIST
@@ -306,8 +306,8 @@ def train(config: TrainConfig, data_dir=None, progress: bool = True, dataset: da
     module, params = models.init_params(config.model, config.seed, **config.model_overrides())
     optimizer = _optimizer(config, q, steps)
 
-    def loss_fn(p, x, y):
-        return optax.softmax_cross_entropy_with_integer_labels(module.apply(p, x[None])[0], y)
+    # The one-example loss every clipping method takes; as a GhostLoss it also offers ghost clipping.
+    loss_fn = ghost.GhostLoss(module, optax.softmax_cross_entropy_with_integer_labels)
 
     augmult = config.augmult > 0
     if config.private:
@@ -315,6 +315,8 @@ def train(config: TrainConfig, data_dir=None, progress: bool = True, dataset: da
         step_fn = dpsgd.make_dp_step(loss_fn, optimizer, l2_clip_norm=config.l2_clip_norm, noise_multiplier=sigma,
                                      expected_batch_size=config.batch_size, augmult=augmult,
                                      clipping_method=clipping_method, norm_chunk_size=norm_chunk_size)
+        if clipping_method == "ghost":
+            loss_fn.layer_plan(params, train_x[:1])  # an unsupported model fails now, not at the first step
     else:
         step_fn = dpsgd.make_nonprivate_step(loss_fn, optimizer, augmult=augmult)
     opt_state = optimizer.init(params)

@@ -7,7 +7,7 @@ import pytest
 from dpedu import bench, cli
 
 
-def test_bench_times_both_steps_and_both_clipping_methods():
+def test_bench_times_both_steps_and_every_clipping_method():
     result = bench.bench("mnist-mlp-pca", 8, steps=20)
     for kind in ("nonprivate", "dpsgd"):
         timing = result[kind]
@@ -15,9 +15,10 @@ def test_bench_times_both_steps_and_both_clipping_methods():
         assert timing["examples_per_second"] == pytest.approx(8 / timing["median_step_seconds"])
     assert result["ratio"] == pytest.approx(result["dpsgd"]["median_step_seconds"]
                                             / result["nonprivate"]["median_step_seconds"])
-    # The MLP's configs use two-pass clipping; the per-example method is timed for comparison.
-    assert result["clipping"] == {"method": "two_pass", "norm_chunk_size": 8}
-    assert result["dpsgd_by_method"]["two_pass"] == result["dpsgd"]
+    # The MLP's configs use ghost clipping; the other methods are timed for comparison.
+    assert result["clipping"] == {"method": "ghost", "norm_chunk_size": None}
+    assert list(result["dpsgd_by_method"]) == ["ghost", "per_example", "two_pass"]
+    assert result["dpsgd_by_method"]["ghost"] == result["dpsgd"] and result["dpsgd_skipped"] == {}
     assert result["dpsgd_by_method"]["per_example"]["norm_chunk_size"] is None
     assert result["parameters"] == 71_010 and result["steps"] == 20
     assert result["opacus"] == {"skipped": "not requested (--opacus)"}
@@ -25,13 +26,27 @@ def test_bench_times_both_steps_and_both_clipping_methods():
     # The whole benchmark's wall time, at least the timed steps' (a record states its wall time).
     timed = sum(result[k]["median_step_seconds"] for k in ("nonprivate", "dpsgd")) * 20
     assert result["wall_seconds"] >= 0.5 * timed and result["seed"] == 0
-    assert "DP-SGD two_pass (used)" in bench._describe(result)
+    assert "DP-SGD ghost (used)" in bench._describe(result)
 
 
 def test_bench_clipping_method_override_without_comparison():
     result = bench.bench("mnist-mlp-pca", 4, steps=20, clipping_method="per_example", compare_methods=False)
     assert result["clipping"] == {"method": "per_example", "norm_chunk_size": None}
     assert list(result["dpsgd_by_method"]) == ["per_example"]
+
+
+def test_bench_ghost_refuses_a_model_it_does_not_support():
+    with pytest.raises(ValueError, match="ghost clipping cannot compute the per-example gradient of parameter"):
+        bench.bench("wrn-tiny", 2, steps=20, clipping_method="ghost")
+
+
+def test_describe_says_why_a_method_was_not_timed():
+    timing = {"median_step_seconds": 0.01, "examples_per_second": 200.0, "compile_seconds": 1.0}
+    result = {"model": "wrn-tiny", "parameters": 1, "batch_size": 2, "steps": 20, "device": "cpu",
+              "nonprivate": timing, "dpsgd": timing, "dpsgd_by_method": {"per_example": timing},
+              "dpsgd_skipped": {"ghost": "a reason"}, "clipping": {"method": "per_example"}, "ratio": 1.0,
+              "load_average_1min": 0.5, "opacus": {"skipped": "not requested (--opacus)"}}
+    assert "  DP-SGD ghost: not timed (a reason)" in bench._describe(result)
 
 
 def test_opacus_skip_says_why(monkeypatch):

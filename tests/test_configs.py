@@ -90,10 +90,11 @@ def test_unknown_name_lists_valid_ones_and_names_are_unique():
 
 def test_clipping_method_defaults_to_the_models_measured_faster_one():
     assert configs.get_config("mnist-abadi").clipping() == configs.CLIPPING_BY_MODEL["mnist-mlp-pca"]
-    assert configs.get_config("mnist-abadi", quick=True).clipping() == ("two_pass", 8)
-    assert configs.get_config("mnist-cnn").clipping() == ("per_example", None)
+    assert configs.get_config("mnist-abadi", quick=True).clipping() == ("ghost", None)
+    assert configs.get_config("mnist-cnn").clipping() == ("ghost", None)
+    assert configs.get_config("cifar10-cnn").clipping() == ("per_example", None)
     chosen = dataclasses.replace(configs.get_config("mnist-cnn"), clipping_method="two_pass")
     assert chosen.clipping() == ("two_pass", None)
-    chunked = dataclasses.replace(configs.get_config("mnist-abadi"), norm_chunk_size=32)
+    chunked = dataclasses.replace(configs.get_config("mnist-abadi"), clipping_method="two_pass", norm_chunk_size=32)
     assert chunked.clipping() == ("two_pass", 32)
     assert configs.clipping_for("wrn-tiny", "per_example", None) == ("per_example", None)

@@ -73,7 +73,7 @@ def test_per_epoch_pld_epsilon_is_incremental_and_matches_the_one_shot_value(mni
         assert h["epsilon"] == pytest.approx(one_shot(h["step"]), rel=2e-3)
     assert record["epsilon"] == record["history"][-1]["epsilon"] == pytest.approx(one_shot(30), rel=1e-12)
     assert record["history"][0]["epsilon"] < record["history"][1]["epsilon"] < record["epsilon"] <= 2.0
-    assert record["clipping"] == {"method": "two_pass", "norm_chunk_size": 8}
+    assert record["clipping"] == {"method": "ghost", "norm_chunk_size": None}
 
 
 def test_epsilon_so_far_is_cheap_and_an_upper_bound_of_the_steps_taken():
