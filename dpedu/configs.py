@@ -299,7 +299,9 @@ _ABADI = register(
         lr_decay_epochs=10.0,
         optimizer="sgd",
         l2_clip_norm=4.0,
-        microbatch_size=200,
+        # Ghost clipping forms no per-example gradients, so a whole Poisson batch (600 ± 4 std
+        # -> 698 slots) is one micro-batch: one compiled call per step.
+        microbatch_size=1024,
         pca="dp",
         pca_dims=60,
         pca_noise_multiplier=7.0,

@@ -40,8 +40,6 @@ from dpedu.configs import TrainConfig, get_config
 # the private training set would themselves need a privacy budget).
 _INPUT_NORMALIZATION = {"cifar10": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))}
 _EVAL_BATCH = 1000
-_SIGMA_MAX = 1e8
-_CALIBRATION_TOLERANCE = 0.99  # σ is found to within 1 %
 
 
 def _load(config: TrainConfig, data_dir, dataset: data.Dataset | None) -> data.Dataset:
@@ -144,27 +142,14 @@ def _check_pca_budget(config: TrainConfig) -> None:
 def _calibrate(config: TrainConfig, q: float, steps: int, num_examples: int) -> float:
     """Smallest σ (to 1 %) for which :func:`_training_event` meets the target ε at δ under the
     calibration accountant (RDP's ε is never below PLD's, so an RDP σ also meets it under PLD)."""
-    target, delta = config.target_epsilon, config.delta
     accountant = config.calibration_accountant or config.accountant
-
-    def meets(s):
-        event = _training_event(config, s, q, steps, num_examples)
-        return accounting.epsilon_for_event(event, delta, accountant) <= target
-
     # Composition with DP-PCA and shuffled-batch accounting only raise ε, so σ for plain Poisson
-    # DP-SGD is a lower bound; it is also the answer when neither applies. Bracket upwards from
-    # it, then bisect in log σ. Every check uses the event that will be reported.
-    sigma = accounting.calibrate_noise_multiplier(target, q, steps, delta, accountant)
-    lo, hi = sigma, sigma
-    while not meets(hi):
-        lo, hi = hi, 2 * hi
-        if hi > _SIGMA_MAX:
-            raise ValueError(f"target_epsilon={target} needs noise_multiplier > {_SIGMA_MAX:g}; "
-                             "raise target_epsilon or train for fewer epochs")
-    while lo < _CALIBRATION_TOLERANCE * hi:
-        mid = math.sqrt(lo * hi)
-        lo, hi = (lo, mid) if meets(mid) else (mid, hi)
-    return hi
+    # DP-SGD is a lower bound; it is also the answer when neither applies. Every check uses the
+    # event that will be reported.
+    plain = accounting.calibrate_noise_multiplier(config.target_epsilon, q, steps, config.delta, accountant)
+    return accounting.calibrate_noise_multiplier_for_event(
+        lambda sigma: _training_event(config, sigma, q, steps, num_examples), config.target_epsilon,
+        config.delta, accountant, lower_bound=plain)
 
 
 def _describe_model(config: TrainConfig) -> str:
