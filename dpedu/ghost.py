@@ -320,7 +320,8 @@ class GhostLoss:
 
         Formal guarantees:
             In exact arithmetic the result equals :func:`dpedu.clipping.clipped_grad`'s sum
-            (tested against a one-example loop to 1e-5), so it has l2 sensitivity ``C`` under
+            (tested against a one-example loop to 1e-5 of each parameter's largest entry: float32
+            sums over many positions cancel), so it has l2 sensitivity ``C`` under
             adding or removing one example, for any padding — provided the model never mixes the
             examples of a batch (each row of every layer depends on its own example only). Each
             example's contribution is ``wᵢ`` times the gradient whose norm set ``wᵢ``, both
