@@ -43,7 +43,7 @@ def test_paper_scale_uses_de_et_al_settings():
     configs = ladder.ladder_configs("paper")
     assert {c.model for c in configs} == {"wrn-40-4"}
     assert configs[-1].batch_size == 4096 and configs[-1].augmult == 16
-    # De et al.'s released config: SGD without momentum, lr 2, C = 1, EMA decay 0.9999.
+    # De et al.'s released config: SGD without momentum, lr 2, C = 1; EMA decay 0.9999 (ours, unverified).
     assert (configs[-1].optimizer, configs[-1].lr, configs[-1].l2_clip_norm, configs[-1].ema) == ("sgd", 2.0, 1.0, 0.9999)
     # 2,500 updates of expected batch 4096 on the 50,000 training images.
     assert round(configs[-1].epochs / (4096 / 50_000)) == 2500
