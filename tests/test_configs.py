@@ -92,7 +92,8 @@ def test_clipping_method_defaults_to_the_models_measured_faster_one():
     assert configs.get_config("mnist-abadi").clipping() == configs.CLIPPING_BY_MODEL["mnist-mlp-pca"]
     assert configs.get_config("mnist-abadi", quick=True).clipping() == ("ghost", None)
     assert configs.get_config("mnist-cnn").clipping() == ("ghost", None)
-    assert configs.get_config("cifar10-cnn").clipping() == ("per_example", None)
+    assert configs.get_config("cifar10-cnn").clipping() == ("ghost", None)
+    assert configs.get_config("cifar10-wrn-16-4-eps1").clipping() == ("per_example", None)
     chosen = dataclasses.replace(configs.get_config("mnist-cnn"), clipping_method="two_pass")
     assert chosen.clipping() == ("two_pass", None)
     chunked = dataclasses.replace(configs.get_config("mnist-abadi"), clipping_method="two_pass", norm_chunk_size=32)
