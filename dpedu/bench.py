@@ -8,9 +8,11 @@ clipping method the model's configs use (:func:`dpedu.configs.clipping_for`); th
 clipping only where :class:`dpedu.ghost.GhostLoss` supports the model; the record says why not
 otherwise). The loss is a :class:`~dpedu.ghost.GhostLoss`, the usual one-example loss for the
 other methods.
-Each is compiled (timed separately), warmed up, then timed ``steps`` times with
-``block_until_ready``; the median is reported. Optionally the same model and batch are timed with
-Opacus (PyTorch), when ``torch`` and ``opacus`` are installed (``pip install 'dpedu[bench]'``).
+Each is compiled (timed separately) and warmed up; then all are timed in ``steps`` interleaved
+rounds, one step of each per round (with ``block_until_ready``). Each step's median is reported,
+and each ratio is the median over rounds of the two steps' times in the same round: interleaving
+keeps the ratios honest when the machine's speed drifts. Optionally the same model and batch are
+timed with Opacus (PyTorch), when ``torch`` and ``opacus`` are installed (``pip install 'dpedu[bench]'``).
 
 The inputs are random: step time does not depend on pixel values.
 
@@ -37,19 +39,32 @@ MIN_STEPS = 20
 _WARMUP = 2
 
 
-def _time_calls(call, steps: int) -> tuple[float, float]:
-    """``(first call's seconds (compilation), median seconds of ``steps`` calls after warm-up)``."""
-    start = time.perf_counter()
-    call()
-    compile_seconds = time.perf_counter() - start
-    for _ in range(_WARMUP):
-        call()
-    times = []
-    for _ in range(steps):
+def _time_interleaved(calls: dict, steps: int) -> dict:
+    """``{kind: (first call's seconds (compilation), [seconds of each of ``steps`` calls after warm-up])}``.
+
+    The calls are timed in ``steps`` interleaved rounds, one call of each kind per round, so a
+    drift in the machine's speed (other jobs, clock changes: on the shared 2-core machine
+    back-to-back blocks of the same step differed by up to 1.7x) affects every kind alike.
+    """
+    compile_seconds = {}
+    for kind, call in calls.items():
         start = time.perf_counter()
         call()
-        times.append(time.perf_counter() - start)
-    return compile_seconds, statistics.median(times)
+        compile_seconds[kind] = time.perf_counter() - start
+        for _ in range(_WARMUP):
+            call()
+    times = {kind: [] for kind in calls}
+    for _ in range(steps):
+        for kind, call in calls.items():
+            start = time.perf_counter()
+            call()
+            times[kind].append(time.perf_counter() - start)
+    return {kind: (compile_seconds[kind], times[kind]) for kind in calls}
+
+
+def _round_ratio(times: list, baseline: list) -> float:
+    """Median over rounds of ``time / baseline time`` in the same round: robust to drift."""
+    return statistics.median(t / b for t, b in zip(times, baseline))
 
 
 def _jax_step_timer(step, params, optimizer, batch):
@@ -102,28 +117,33 @@ def _opacus(name: str, inputs: np.ndarray, labels: np.ndarray, steps: int) -> di
     loss_fn = torch.nn.CrossEntropyLoss()
     result = {"torch_version": torch.__version__, "opacus_version": opacus.__version__,
               "threads": torch.get_num_threads()}
+    calls = {}
     for kind in ("nonprivate", "opacus"):
         net = _torch_model(name)
         optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
-        with warnings.catch_warnings():
-            # Opacus warns that its default (non-cryptographic) RNG is for experiments and that its
-            # per-sample hooks see inputs needing no gradient: both irrelevant to a timing.
-            warnings.filterwarnings("ignore", message="Secure RNG turned off")
-            warnings.filterwarnings("ignore", message="Full backward hook is firing")
-            if kind == "opacus":
+        if kind == "opacus":
+            with warnings.catch_warnings():
+                # Opacus warns that its default (non-cryptographic) RNG is for experiments: irrelevant to a timing.
+                warnings.filterwarnings("ignore", message="Secure RNG turned off")
                 loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=len(y))
                 net, optimizer, _ = opacus.PrivacyEngine().make_private(
                     module=net, optimizer=optimizer, data_loader=loader, noise_multiplier=1.0, max_grad_norm=1.0)
 
-            def call(net=net, optimizer=optimizer):
+        def call(net=net, optimizer=optimizer):
+            with warnings.catch_warnings():
+                # Opacus's per-sample hooks see inputs that need no gradient: irrelevant to a timing.
+                warnings.filterwarnings("ignore", message="Full backward hook is firing")
                 optimizer.zero_grad()
                 loss_fn(net(x), y).backward()
                 optimizer.step()
 
-            compile_seconds, median = _time_calls(call, steps)
-        result[kind] = {"first_step_seconds": compile_seconds, "median_step_seconds": median,
+        calls[kind] = call
+    timed = _time_interleaved(calls, steps)
+    for kind, (first_seconds, times) in timed.items():
+        median = statistics.median(times)
+        result[kind] = {"first_step_seconds": first_seconds, "median_step_seconds": median,
                         "examples_per_second": len(y) / median}
-    result["ratio"] = result["opacus"]["median_step_seconds"] / result["nonprivate"]["median_step_seconds"]
+    result["ratio"] = _round_ratio(timed["opacus"][1], timed["nonprivate"][1])
     return result
 
 
@@ -145,8 +165,9 @@ def bench(model: str, batch_size: int, steps: int = MIN_STEPS, opacus: bool = Fa
 
     Returns:
         A record: ``nonprivate`` and ``dpsgd`` (each ``compile_seconds``,
-        ``median_step_seconds``, ``examples_per_second``), ``clipping`` (method and norm chunk of
-        ``dpsgd``), ``ratio`` (DP-SGD / non-private), ``dpsgd_by_method`` (every timed method),
+        ``median_step_seconds``, ``examples_per_second``; DP-SGD also ``ratio_to_nonprivate``),
+        ``clipping`` (method and norm chunk of ``dpsgd``), ``ratio`` (DP-SGD / non-private, the
+        median of per-round ratios), ``dpsgd_by_method`` (every timed method),
         ``dpsgd_skipped`` (method -> why it was not timed),
         ``opacus`` (timings, or ``skipped`` with the reason), ``load_average_1min`` and
         provenance.
@@ -192,17 +213,20 @@ def bench(model: str, batch_size: int, steps: int = MIN_STEPS, opacus: bool = Fa
                                               expected_batch_size=batch_size, clipping_method=m,
                                               norm_chunk_size=chunks[m])
     timings = {}
-    for kind, step in steps_by_kind.items():
-        compile_seconds, median = _time_calls(_jax_step_timer(step, params, optimizer, batch), steps)
+    calls = {kind: _jax_step_timer(step, params, optimizer, batch) for kind, step in steps_by_kind.items()}
+    timed = _time_interleaved(calls, steps)
+    for kind, (compile_seconds, times) in timed.items():
+        median = statistics.median(times)
         timings[kind] = {"compile_seconds": compile_seconds, "median_step_seconds": median,
-                         "examples_per_second": batch_size / median}
+                         "examples_per_second": batch_size / median,
+                         "ratio_to_nonprivate": _round_ratio(times, timed["nonprivate"][1])}
         if kind in chunks:
             timings[kind]["norm_chunk_size"] = chunks[kind]
     return record(
         model=model, parameters=models.count_params(params), batch_size=batch_size, steps=steps, seed=seed,
         nonprivate=timings["nonprivate"], dpsgd=timings[method],
         clipping={"method": method, "norm_chunk_size": norm_chunk_size},
-        ratio=timings[method]["median_step_seconds"] / timings["nonprivate"]["median_step_seconds"],
+        ratio=timings[method]["ratio_to_nonprivate"],
         dpsgd_by_method={m: timings[m] for m in methods}, dpsgd_skipped=skipped,
         opacus=_opacus(model, inputs, labels, steps) if opacus else {"skipped": "not requested (--opacus)"},
         wall_seconds=time.perf_counter() - started,
@@ -220,8 +244,8 @@ def _describe(result: dict) -> str:
                      f"{t['examples_per_second']:9.0f} examples/s  (compile {t['compile_seconds']:.2f} s)")
     for m, reason in result.get("dpsgd_skipped", {}).items():
         lines.append(f"  DP-SGD {m}: not timed ({reason})")
-    lines.append(f"  DP-SGD ({result['clipping']['method']}) / non-private: {result['ratio']:.2f}x; "
-                 f"1-min load average {result['load_average_1min']}")
+    lines.append(f"  DP-SGD ({result['clipping']['method']}) / non-private: {result['ratio']:.2f}x "
+                 f"(median of per-round ratios); 1-min load average {result['load_average_1min']}")
     opacus = result["opacus"]
     if "skipped" in opacus:
         lines.append(f"  Opacus: skipped ({opacus['skipped']})")

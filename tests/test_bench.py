@@ -13,8 +13,10 @@ def test_bench_times_both_steps_and_every_clipping_method():
         timing = result[kind]
         assert timing["compile_seconds"] > 0 and timing["median_step_seconds"] > 0
         assert timing["examples_per_second"] == pytest.approx(8 / timing["median_step_seconds"])
-    assert result["ratio"] == pytest.approx(result["dpsgd"]["median_step_seconds"]
-                                            / result["nonprivate"]["median_step_seconds"])
+    # The ratio is the median of per-round ratios (drift-robust), close to the ratio of medians.
+    assert result["ratio"] == result["dpsgd"]["ratio_to_nonprivate"] > 0
+    ratio_of_medians = result["dpsgd"]["median_step_seconds"] / result["nonprivate"]["median_step_seconds"]
+    assert 0.5 < result["ratio"] / ratio_of_medians < 2
     # The MLP's configs use ghost clipping; the other methods are timed for comparison.
     assert result["clipping"] == {"method": "ghost", "norm_chunk_size": None}
     assert list(result["dpsgd_by_method"]) == ["ghost", "per_example", "two_pass"]
@@ -69,9 +71,21 @@ def test_opacus_is_timed_when_installed():
     pytest.importorskip("opacus")
     result = bench.bench("mnist-mlp-pca", 8, steps=20, opacus=True)["opacus"]
     assert result["opacus"]["median_step_seconds"] > 0 and result["nonprivate"]["median_step_seconds"] > 0
-    assert result["ratio"] == pytest.approx(result["opacus"]["median_step_seconds"]
-                                            / result["nonprivate"]["median_step_seconds"])
+    ratio_of_medians = result["opacus"]["median_step_seconds"] / result["nonprivate"]["median_step_seconds"]
+    assert 0.5 < result["ratio"] / ratio_of_medians < 2
     assert "not installed" not in str(bench._opacus("wrn-tiny", None, None, 20))  # skipped: no twin
+
+
+def test_steps_are_timed_in_interleaved_rounds():
+    order = []
+    calls = {kind: (lambda kind=kind: order.append(kind)) for kind in ("a", "b")}
+    timed = bench._time_interleaved(calls, 3)
+    # First call and warm-up of each kind, then rounds of one call of each kind.
+    assert order == ["a"] * (1 + bench._WARMUP) + ["b"] * (1 + bench._WARMUP) + ["a", "b"] * 3
+    assert set(timed) == {"a", "b"} and all(len(times) == 3 for _, times in timed.values())
+    # A machine that slows down mid-run: per-round ratios stay 2, the ratio of medians does not.
+    assert bench._round_ratio([2, 2, 20, 20, 20], [1, 1, 10, 10, 10]) == 2
+    assert bench._round_ratio([2, 2, 2, 20, 20], [1, 1, 10, 10, 10]) == 2
 
 
 def test_torch_twin_has_the_same_parameter_count():
