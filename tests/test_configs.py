@@ -80,7 +80,7 @@ def test_non_private_baseline_and_wrn_overrides():
 
 
 def test_unknown_name_lists_valid_ones_and_names_are_unique():
-    names = "mnist-abadi, mnist-abadi-large-noise, mnist-abadi-pca-public, mnist-abadi-small-noise, mnist-cnn"
+    names = "mnist-abadi, mnist-abadi-ema, mnist-abadi-large-noise, mnist-abadi-pca-public, mnist-abadi-small-noise, mnist-abadi-small-noise-ema, mnist-cnn"
     with pytest.raises(ValueError, match=names) as err:
         configs.get_config("nope")
     assert "'nope'" in str(err.value)

@@ -102,7 +102,7 @@ def test_grid_points_and_nearest_lookup():
 
 def test_table_commands_are_valid_dpedu_train_commands():
     commands = sweep.table_commands()
-    assert len(commands) == len(sweep.TABLE_ROWS) == 12
+    assert len(commands) == len(sweep.TABLE_ROWS) == 14
     parser = cli.build_parser()
     outs = set()
     for row, command in zip(sweep.TABLE_ROWS, commands):
@@ -111,7 +111,7 @@ def test_table_commands_are_valid_dpedu_train_commands():
         assert (args.config, args.target_epsilon, args.epochs, args.delta) == (row.config, row.target_epsilon, row.epochs, 1e-5)
         outs.add(args.out)
     assert float(sweep.DELTA_ARGUMENT) == sweep.DELTA
-    assert len(outs) == 12 and "results/mnist-abadi-small-noise-eps8-950ep.json" in outs and "results/mnist-cnn-eps3-40ep.json" in outs and "results/mnist-cnn-eps3.json" in outs
+    assert len(outs) == 14 and "results/mnist-abadi-small-noise-ema-eps8-950ep.json" in outs and "results/mnist-abadi-small-noise-eps8-950ep.json" in outs and "results/mnist-cnn-eps3-40ep.json" in outs and "results/mnist-cnn-eps3.json" in outs
     # The paper's numbers are labelled as the papers'.
     assert all("(paper" in row.paper for row in sweep.TABLE_ROWS if row.paper_accuracy is not None)
 
@@ -119,7 +119,7 @@ def test_table_commands_are_valid_dpedu_train_commands():
 def test_abadi_rows_use_the_papers_pca_noise_per_noise_level():
     # Abadi et al. 2016 §5.2: σ_p = 4, 7, 16 for their small, medium and large noise (ε = 8, 2, 0.5).
     abadi = {row.target_epsilon: configs.get_config(row.config) for row in sweep.TABLE_ROWS if row.paper == sweep.ABADI_PAPER}
-    assert sum(row.paper == sweep.ABADI_PAPER for row in sweep.TABLE_ROWS) == 6  # 30 epochs, and long runs
+    assert sum(row.paper == sweep.ABADI_PAPER for row in sweep.TABLE_ROWS) == 8  # 30 epochs, long runs, + EMA
     assert {eps: c.pca_noise_multiplier for eps, c in abadi.items()} == {8.0: 4.0, 2.0: 7.0, 0.5: 16.0}
     for eps, config in abadi.items():
         assert config.target_epsilon == eps and (config.batch_size, config.l2_clip_norm, config.pca_dims) == (600, 4.0, 60)
@@ -131,7 +131,7 @@ def test_abadi_rows_use_the_papers_pca_noise_per_noise_level():
 def test_long_abadi_rows_train_about_as_long_as_the_papers_sigma_allows(target_epsilon, paper_sigma):
     # The long rows' epochs make the calibrated σ about the paper's: with the paper's σ, ε after that
     # many epochs (DP-PCA composed in, PLD) is within 10 % of the row's target.
-    row = next(r for r in sweep.TABLE_ROWS if r.target_epsilon == target_epsilon and r.epochs)
+    row = next(r for r in sweep.TABLE_ROWS if r.target_epsilon == target_epsilon and r.epochs and r.paper)
     config = configs.get_config(row.config)
     q = config.batch_size / 60_000
     event = pca.composed_dp_event(config.pca_noise_multiplier,
@@ -171,7 +171,7 @@ def test_committed_table_records_are_the_rows_own():
 
 def test_cli_table_dry_run_and_errors(capsys, tmp_path):
     assert sweep.main(["--table", "--dry-run"]) == 0
-    assert capsys.readouterr().out.count("dpedu train --config") == 12
+    assert capsys.readouterr().out.count("dpedu train --config") == 14
     assert sweep.main(["--quick"]) == 2
     assert "--out is required" in capsys.readouterr().err
     assert sweep.main(["--quick", "--parts", "nope", "--out", str(tmp_path / "x.json")]) == 2
