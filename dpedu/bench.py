@@ -130,15 +130,15 @@ def _opacus(name: str, inputs: np.ndarray, labels: np.ndarray, steps: int) -> di
                     module=net, optimizer=optimizer, data_loader=loader, noise_multiplier=1.0, max_grad_norm=1.0)
 
         def call(net=net, optimizer=optimizer):
-            with warnings.catch_warnings():
-                # Opacus's per-sample hooks see inputs that need no gradient: irrelevant to a timing.
-                warnings.filterwarnings("ignore", message="Full backward hook is firing")
-                optimizer.zero_grad()
-                loss_fn(net(x), y).backward()
-                optimizer.step()
+            optimizer.zero_grad()
+            loss_fn(net(x), y).backward()
+            optimizer.step()
 
         calls[kind] = call
-    timed = _time_interleaved(calls, steps)
+    with warnings.catch_warnings():
+        # Opacus's per-sample hooks see inputs that need no gradient: irrelevant to a timing.
+        warnings.filterwarnings("ignore", message="Full backward hook is firing")
+        timed = _time_interleaved(calls, steps)
     for kind, (first_seconds, times) in timed.items():
         median = statistics.median(times)
         result[kind] = {"first_step_seconds": first_seconds, "median_step_seconds": median,
@@ -218,10 +218,10 @@ def bench(model: str, batch_size: int, steps: int = MIN_STEPS, opacus: bool = Fa
     for kind, (compile_seconds, times) in timed.items():
         median = statistics.median(times)
         timings[kind] = {"compile_seconds": compile_seconds, "median_step_seconds": median,
-                         "examples_per_second": batch_size / median,
-                         "ratio_to_nonprivate": _round_ratio(times, timed["nonprivate"][1])}
-        if kind in chunks:
-            timings[kind]["norm_chunk_size"] = chunks[kind]
+                         "examples_per_second": batch_size / median}
+        if kind in chunks:  # a DP-SGD step
+            timings[kind].update(norm_chunk_size=chunks[kind],
+                                 ratio_to_nonprivate=_round_ratio(times, timed["nonprivate"][1]))
     return record(
         model=model, parameters=models.count_params(params), batch_size=batch_size, steps=steps, seed=seed,
         nonprivate=timings["nonprivate"], dpsgd=timings[method],

@@ -24,10 +24,10 @@ dp-accounting for the mechanism that ran), stored whole with its provenance:
 Budgets. ``--quick``: a 4,000-image subset of MNIST, 12 short runs, about 4 minutes of wall time
 on 2 shared CPU cores (measured: 247 s at load ~5); its accuracies are NOT full-mode numbers.
 ``--full``: full MNIST (60,000 training images), 21 runs of 1–3 epochs — 46 epochs of the CNN and 6
-of the MLP in all — estimated at 20–30 minutes on 2 idle CPU cores from measured costs (a CNN
-epoch about 17 s, an MLP epoch about 6 s with two-pass clipping, plus about 15 s of compilation and
-calibration per run); ``--parts`` runs a subset. A table row trains 30 or 40 epochs on full MNIST:
-about 10 minutes for the CNN and 4 for the MLP on 2 CPU cores (measured).
+of the MLP in all — 960 s on 2 CPU cores at load ~3.5 (measured, before ghost clipping);
+``--parts`` runs a subset. A table row trains on full MNIST: 6–11 minutes for a 30- or 40-epoch CNN
+row; 1, 5 and 11–13 minutes for the MLP's 100-, 350- and 950-epoch rows with ghost clipping
+(measured on 2 CPU cores).
 
 Taught in notebooks/03_dpsgd_mnist.ipynb.
 """
@@ -358,7 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      description=__doc__.splitlines()[0])
     mode = parser.add_mutually_exclusive_group(required=True)
     mode.add_argument("--quick", action="store_true", help="4,000-image subset, ~3 min on 2 CPU cores")
-    mode.add_argument("--full", action="store_true", help="full MNIST, ~35 min on 2 CPU cores")
+    mode.add_argument("--full", action="store_true", help="full MNIST, ~16 min on 2 CPU cores")
     mode.add_argument("--table", action="store_true", help="run the Abadi et al. table's dpedu train commands")
     parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {','.join(PARTS)}")
     parser.add_argument("--out", help="JSON file to write (--quick/--full), e.g. results/mnist_sweep_quick.json")
