@@ -2,8 +2,8 @@
 
 One deck per notebook, ``<out>/NN_name.slides.html``, built by nbconvert's reveal.js exporter
 with a template that loads nothing from the network: reveal.js and MathJax are copied into
-``<out>/_static/`` from their npm packages (exact versions, checked against pinned SHA-512
-hashes, kept in a cache so later builds need no network), figures are embedded as data URIs,
+``<out>/_static/`` from the copies shipped inside dpedu (``dpedu/_vendor/``: no Node.js/npm and no
+network needed, exact versions, see its README), figures are embedded as data URIs,
 remote badge images become plain links, ``skip`` cells (the setup and parameters cells) are left
 out and ``notes`` cells become speaker notes (press ``s`` in the deck). Copy the whole ``<out>``
 folder to present from another machine.
@@ -17,32 +17,18 @@ Command line: ``dpedu slides notebooks/*.ipynb --out slides``.
 
 from __future__ import annotations
 
-import base64
 import copy
-import hashlib
 import os
 import re
-import shutil
-import subprocess
-import tarfile
 from pathlib import Path
 
-# npm packages the decks load, pinned to a version and its registry integrity hash, with the
-# members copied into _static/<name>/ (prefix match). reveal.js 5 keeps the dist/ + plugin/
-# layout nbconvert's reveal template was written for; MathJax 3's "full" SVG build is one file
-# that loads no font or extension files at run time, so a deck opened from disk is complete.
-WEB_PACKAGES = {
-    "reveal.js": (
-        "5.2.1",
-        "sha512-r7//6mIM5p34hFiDMvYfXgyjXqGRta+/psd9YtytsgRlrpRzFv4RbH76TXd2qD+7ZPZEbpBDhdRhJaFgfQ7zNQ==",
-        ("LICENSE", "dist/reveal.js", "dist/reveal.css", "dist/theme/", "plugin/notes/notes.js"),
-    ),
-    "mathjax": (
-        "3.2.2",
-        "sha512-Bt+SSVU8eBG27zChVewOicYs7Xsdt40qm4+UpHyX7k0/O9NliPc+x77k1/FEsPsjKPZGJvtRZM1vO+geW0OhGw==",
-        ("LICENSE", "es5/tex-svg-full.js"),
-    ),
-}
+from dpedu import _vendor
+
+# Browser packages the decks load (name -> (version, npm integrity)), copied into _static/<name>/.
+# reveal.js 5 keeps the dist/ + plugin/ layout nbconvert's reveal template was written for;
+# MathJax 3's "full" SVG build is one file that loads no font or extension files at run time, so
+# a deck opened from disk is complete.
+WEB_PACKAGES = _vendor.PACKAGES
 STATIC_DIR = "_static"
 DECK_SUFFIX = ".slides.html"
 WIDGET_VIEW_MIME = "application/vnd.jupyter.widget-view+json"
@@ -109,81 +95,15 @@ class SlidesError(RuntimeError):
     """A deck could not be built; the message says which file and what to do."""
 
 
-class AssetError(SlidesError):
-    """reveal.js or MathJax could not be fetched or failed its integrity check."""
-
-
-def cache_dir() -> Path:
-    """Where fetched npm tarballs are kept: ``$XDG_CACHE_HOME/dpedu/web`` (default ``~/.cache``)."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "dpedu" / "web"
-
-
-def _integrity(path: Path) -> str:
-    return "sha512-" + base64.b64encode(hashlib.sha512(path.read_bytes()).digest()).decode()
-
-
-def fetch_web_package(name: str, cache: Path | None = None) -> Path:
-    """The npm tarball of ``name`` at its pinned version, from the cache or ``npm pack``.
-
-    Raises:
-      ValueError: ``name`` is not in ``WEB_PACKAGES``.
-      AssetError: npm is missing or failed (e.g. offline with an empty cache), or the tarball's
-        SHA-512 differs from the pinned one.
-    """
-    if name not in WEB_PACKAGES:
-        raise ValueError(f"name must be one of {sorted(WEB_PACKAGES)}, got {name!r}")
-    version, integrity, _ = WEB_PACKAGES[name]
-    cache = Path(cache) if cache is not None else cache_dir()
-    tarball = cache / f"{name}-{version}.tgz"
-    if not tarball.exists():
-        npm = shutil.which("npm")
-        if npm is None:
-            raise AssetError(
-                f"{tarball} is not cached and npm is not installed: install Node.js/npm once "
-                f"(or copy {tarball.name} into {cache}) to build offline decks"
-            )
-        cache.mkdir(parents=True, exist_ok=True)
-        try:
-            subprocess.run(
-                [npm, "pack", f"{name}@{version}", "--pack-destination", str(cache), "--silent"],
-                check=True, capture_output=True, text=True, timeout=180,
-            )
-        except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as err:
-            detail = (getattr(err, "stderr", "") or "").strip().splitlines()[-1:]
-            raise AssetError(f"npm pack {name}@{version} failed: {' '.join(detail) or err}") from err
-    got = _integrity(tarball)
-    if got != integrity:
-        raise AssetError(f"{tarball} has integrity {got}, expected {integrity}; delete it and rebuild")
-    return tarball
-
-
-def vendor_web_assets(out_dir: str | os.PathLike, cache: Path | None = None) -> Path:
-    """Copies reveal.js and MathJax into ``out_dir/_static/`` (once per pinned version).
+def vendor_web_assets(out_dir: str | os.PathLike) -> Path:
+    """Copies reveal.js and MathJax from dpedu's package data into ``out_dir/_static/``.
 
     Returns:
       The ``_static`` folder; decks in ``out_dir`` refer to it by a relative path.
     """
     static = Path(out_dir) / STATIC_DIR
-    for name, (version, _, members) in WEB_PACKAGES.items():
-        target = static / name
-        stamp = target / ".version"
-        if stamp.exists() and stamp.read_text() == version:
-            continue
-        tarball = fetch_web_package(name, cache)
-        if target.exists():
-            shutil.rmtree(target)
-        with tarfile.open(tarball) as tar:
-            wanted = [
-                m for m in tar.getmembers()
-                if m.isfile() and not m.name.endswith(".map")
-                and any(m.name.removeprefix("package/").startswith(p) for p in members)
-            ]
-            for member in wanted:
-                dest = target / member.name.removeprefix("package/")
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                dest.write_bytes(tar.extractfile(member).read())
-        stamp.write_text(version)
+    for name in WEB_PACKAGES:
+        _vendor.copy_package(name, static / name)
     return static
 
 
@@ -214,8 +134,15 @@ def execute(nb, working_dir: str | os.PathLike, cell_timeout: int = 600):
     return nb
 
 
-def for_presentation(nb):
+# Cell tags whose INPUT decks hide (the output, e.g. a figure, stays): plotting and plumbing code.
+HIDE_INPUT_TAGS = ("hide-input",)
+
+
+def for_presentation(nb, hide_inputs: bool = True):
     """A copy of executed ``nb`` ready for an offline deck.
+
+    With ``hide_inputs``, cells tagged with one of :data:`HIDE_INPUT_TAGS` keep their outputs but
+    lose their code (the book keeps it: Jupyter Book folds such inputs behind a toggle itself).
 
     Remote Markdown images (the Colab/Binder badges) become their alt text, so their links stay
     but nothing is fetched. A widget needs a kernel, so its output becomes a note saying where
@@ -230,6 +157,8 @@ def for_presentation(nb):
         if cell.cell_type == "markdown":
             cell.source = _REMOTE_IMAGE.sub(lambda m: m.group(1), cell.source)
         elif cell.cell_type == "code":
+            if hide_inputs and set(cell.metadata.get("tags", [])) & set(HIDE_INPUT_TAGS):
+                cell.metadata["transient"] = {"remove_source": True}  # nbconvert's templates honour it
             outputs = []
             for out in cell.outputs:
                 if out.output_type == "stream" and out.get("name") == "stderr":
@@ -262,16 +191,11 @@ def deck_html(nb, name: str) -> str:
     return html
 
 
-def build_decks(notebooks, out_dir: str | os.PathLike = "slides", cache: Path | None = None,
-                cell_timeout: int = 600) -> list[Path]:
-    """Writes ``out_dir/<stem>.slides.html`` for each notebook path, plus ``out_dir/_static/``.
-
-    Notebooks without outputs are executed first (see ``execute``); executed ones are not.
+def notebook_paths(notebooks) -> list[Path]:
+    """``notebooks`` as paths, checked: at least one, each an existing ``.ipynb`` file.
 
     Raises:
       ValueError: ``notebooks`` is empty or names a missing or non-``.ipynb`` file.
-      AssetError: see ``fetch_web_package``.
-      SlidesError: a notebook without outputs failed while executing.
     """
     paths = [Path(p) for p in notebooks]
     if not paths:
@@ -279,19 +203,42 @@ def build_decks(notebooks, out_dir: str | os.PathLike = "slides", cache: Path | 
     for path in paths:
         if path.suffix != ".ipynb" or not path.is_file():
             raise ValueError(f"notebooks must be existing .ipynb files, got {str(path)!r}")
+    return paths
+
+
+def read_executed(path: Path, cell_timeout: int = 600):
+    """The notebook at ``path`` with outputs: as saved if it has any, else executed in its folder.
+
+    Raises:
+      SlidesError: a notebook without outputs failed while executing (the message names it).
+    """
     import nbformat
 
+    nb = nbformat.read(path, as_version=4)
+    if has_outputs(nb):
+        return nb
+    try:
+        return execute(nb, Path(path).resolve().parent, cell_timeout)
+    except SlidesError as err:
+        raise SlidesError(f"{path}: {err}") from err
+
+
+def build_decks(notebooks, out_dir: str | os.PathLike = "slides", cell_timeout: int = 600) -> list[Path]:
+    """Writes ``out_dir/<stem>.slides.html`` for each notebook path, plus ``out_dir/_static/``.
+
+    Notebooks without outputs are executed first (see ``execute``); executed ones are not.
+
+    Raises:
+      ValueError: ``notebooks`` is empty or names a missing or non-``.ipynb`` file.
+      SlidesError: a notebook without outputs failed while executing.
+    """
+    paths = notebook_paths(notebooks)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    vendor_web_assets(out, cache)
+    vendor_web_assets(out)
     decks = []
     for path in paths:
-        nb = nbformat.read(path, as_version=4)
-        if not has_outputs(nb):
-            try:
-                nb = execute(nb, path.resolve().parent, cell_timeout)
-            except SlidesError as err:
-                raise SlidesError(f"{path}: {err}") from err
+        nb = read_executed(path, cell_timeout)
         stem = path.name.removesuffix(".ipynb")
         deck = out / f"{stem}{DECK_SUFFIX}"
         deck.write_text(deck_html(nb, stem), encoding="utf-8")

@@ -17,3 +17,19 @@ def shared_data_dir() -> Path:
     if not Path(value).is_dir():
         pytest.skip(f"DPEDU_DATA_DIR={value} is not a folder")
     return Path(value)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Chromium (Debian's) driven by Selenium; skipped, saying why, where it is missing."""
+    from browser.chromium import find_chromium, start_chromium
+
+    found = find_chromium()
+    if found is None:
+        pytest.skip("Chromium/ChromeDriver not found: `apt-get install chromium chromium-driver` (.ci/run does)")
+    pytest.importorskip("selenium", reason="selenium is in the test extra: pip install -e '.[test]'")
+    session = start_chromium(*found)
+    try:
+        yield session
+    finally:
+        session.quit()

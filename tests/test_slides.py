@@ -6,8 +6,9 @@ real decks from the notebooks nbval executed earlier in this session (never a se
 
 from __future__ import annotations
 
+import os
 import re
-import tarfile
+import shutil
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -67,18 +68,7 @@ def assert_loads_nothing_remote(deck: Path):
 
 
 @pytest.fixture(scope="module")
-def asset_cache():
-    """The npm tarball cache, filled once (npm pack); skips where neither npm nor a cache exists."""
-    try:
-        for name in slides.WEB_PACKAGES:
-            slides.fetch_web_package(name)
-    except slides.AssetError as err:
-        pytest.skip(f"cannot fetch reveal.js/MathJax: {err}")
-    return slides.cache_dir()
-
-
-@pytest.fixture(scope="module")
-def tiny_deck(tmp_path_factory, asset_cache):
+def tiny_deck(tmp_path_factory):
     folder = tmp_path_factory.mktemp("deck")
     source = folder / "01_gaussian_mechanism.ipynb"
     nbformat.write(tiny_executed_notebook(), source)
@@ -102,11 +92,17 @@ def test_deck_is_offline_with_embedded_figure_notes_and_no_setup_cells(tiny_deck
     assert "ε = 3.50" in html and "\\varepsilon" in html  # printed results and math (MathJax) kept
 
 
-def test_static_assets_are_the_pinned_versions(tiny_deck):
+def test_static_assets_are_the_vendored_files(tiny_deck):
+    """_static/ holds exactly dpedu/_vendor's reveal.js and MathJax, byte for byte, licences included."""
     static = tiny_deck.parent / slides.STATIC_DIR
-    for name, (version, _, _) in slides.WEB_PACKAGES.items():
-        assert (static / name / ".version").read_text() == version
+    vendored = ROOT / "dpedu" / "_vendor"
+    for name in slides.WEB_PACKAGES:
         assert (static / name / "LICENSE").is_file()
+        copied = {p.relative_to(static / name): p for p in (static / name).rglob("*") if p.is_file()}
+        shipped = {p.relative_to(vendored / name): p for p in (vendored / name).rglob("*") if p.is_file()}
+        assert copied.keys() == shipped.keys()
+        for rel, path in copied.items():
+            assert path.read_bytes() == shipped[rel].read_bytes(), rel
     # What the deck loads (the browser test checks Reveal.VERSION); no source maps or ESM copies.
     assert (static / "reveal.js" / "dist" / "reveal.js").is_file()
     assert (static / "reveal.js" / "plugin" / "notes" / "notes.js").is_file()
@@ -114,18 +110,21 @@ def test_static_assets_are_the_pinned_versions(tiny_deck):
     assert not list(static.rglob("*.map")) and not list(static.rglob("*.esm.js"))
 
 
-def test_tampered_tarball_is_refused(tmp_path, monkeypatch):
-    version = slides.WEB_PACKAGES["mathjax"][0]
-    bad = tmp_path / f"mathjax-{version}.tgz"
-    with tarfile.open(bad, "w:gz"):
-        pass
-    with pytest.raises(slides.AssetError, match="integrity"):
-        slides.fetch_web_package("mathjax", cache=tmp_path)
-    monkeypatch.setattr(slides.shutil, "which", lambda name: None)
-    with pytest.raises(slides.AssetError, match="npm"):
-        slides.fetch_web_package("reveal.js", cache=tmp_path / "empty")
-    with pytest.raises(ValueError, match="name must be one of"):
-        slides.fetch_web_package("jquery", cache=tmp_path)
+def test_decks_build_without_node_npm_or_network(tmp_path, monkeypatch):
+    """No npm on PATH, no cache, no network: the decks still get reveal.js and MathJax."""
+    monkeypatch.setenv("PATH", os.pathsep.join(
+        d for d in os.environ.get("PATH", "").split(os.pathsep) if not (Path(d) / "npm").exists()))
+    real_which = shutil.which
+    monkeypatch.setattr(shutil, "which", lambda cmd, *a, **k: None if cmd in ("npm", "node") else real_which(cmd, *a, **k))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "empty-cache"))
+    assert shutil.which("npm") is None
+    source = tmp_path / "01_gaussian_mechanism.ipynb"
+    nbformat.write(tiny_executed_notebook(), source)
+    (deck,) = slides.build_decks([source], tmp_path / "slides")
+    assert_loads_nothing_remote(deck)
+    static = deck.parent / slides.STATIC_DIR
+    assert (static / "reveal.js" / "dist" / "theme" / "white.css").is_file()
+    assert not (tmp_path / "empty-cache").exists()
 
 
 def test_bad_notebook_paths_raise_value_error(tmp_path):
@@ -135,7 +134,7 @@ def test_bad_notebook_paths_raise_value_error(tmp_path):
         slides.build_decks([tmp_path / "missing.ipynb"], tmp_path)
 
 
-def test_unexecuted_notebook_is_executed_once_then_converted(tmp_path, asset_cache):
+def test_unexecuted_notebook_is_executed_once_then_converted(tmp_path):
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("print(6 * 7)")])
     nb.cells[0].metadata["slideshow"] = {"slide_type": "slide"}
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
@@ -147,7 +146,7 @@ def test_unexecuted_notebook_is_executed_once_then_converted(tmp_path, asset_cac
     assert not slides.has_outputs(nbformat.read(source, as_version=4)), "the source is left as it was"
 
 
-def test_cli_builds_decks_and_reports_bad_input_in_one_line(tmp_path, asset_cache, capsys):
+def test_cli_builds_decks_and_reports_bad_input_in_one_line(tmp_path, capsys):
     source = tmp_path / "01_gaussian_mechanism.ipynb"
     nbformat.write(tiny_executed_notebook(), source)
     assert cli.main(["slides", str(source), "--out", str(tmp_path / "s")]) == 0
@@ -175,3 +174,18 @@ def test_decks_of_this_run(session_decks):
             assert page.notes_text.strip(), f"{deck.name} lost its speaker notes"
         html = deck.read_text(encoding="utf-8")
         assert course.colab_setup_cell().splitlines()[0] not in html, "the setup cell is skipped"
+
+
+def test_hide_input_cells_keep_their_figure_but_not_their_code(tmp_path):
+    nb = tiny_executed_notebook()
+    figure = next(c for c in nb.cells if c.source == "plot_epsilon_against_steps()")
+    figure.metadata["tags"] = ["hide-input"]
+    path = tmp_path / "01_gaussian_mechanism.ipynb"
+    nbformat.write(nb, path)
+    (deck,) = slides.build_decks([path], tmp_path / "decks")
+    html = deck.read_text()
+    assert "plot_epsilon_against_steps" not in html  # the plotting code is hidden ...
+    assert "data:image/png;base64," in html and "ε = 3.50" in html  # ... its figure and text stay
+    # The book keeps the input (Jupyter Book folds hide-input cells behind a toggle itself).
+    kept = slides.for_presentation(nb, hide_inputs=False)
+    assert not any("transient" in c.metadata for c in kept.cells)
