@@ -28,10 +28,15 @@ _EXECUTED = pytest.StashKey[list]()  # paths of the executed copies written in t
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "after_notebooks: runs after every notebook (nbval) item")
+    config.addinivalue_line("markers", "needs_data: reads the course's data folder ($DPEDU_DATA_DIR); "
+                                       "skipped without it (.ci/run runs these again with it)")
     config.stash[_EXECUTED] = []
 
 
 def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if "shared_data_dir" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.needs_data)
     later = [item for item in items if item.get_closest_marker("after_notebooks")]
     items[:] = [item for item in items if not item.get_closest_marker("after_notebooks")] + later
 
@@ -83,9 +88,6 @@ def session_decks(executed_notebooks):
     from dpedu import slides
 
     start = time.perf_counter()
-    try:
-        decks = slides.build_decks(executed_notebooks, SLIDES_DIR)
-    except slides.AssetError as err:
-        pytest.skip(f"reveal.js/MathJax unavailable offline, so no deck can be built: {err}")
+    decks = slides.build_decks(executed_notebooks, SLIDES_DIR)
     print(f"\nbuilt {len(decks)} slide decks in {time.perf_counter() - start:.1f} s")
     return dict(zip(executed_notebooks, decks))

@@ -1,4 +1,4 @@
-"""The ``dpedu`` command: ``account``, ``calibrate``, ``train``, ``bench``, ``slides``.
+"""The ``dpedu`` command: ``account``, ``calibrate``, ``train``, ``bench``, ``slides``, ``book``, ``data``.
 
 The sub-command names, flags and JSON keys are a contract that scripts and graders rely on.
 Bad input exits with status 2 and one line on stderr, never a traceback.
@@ -47,7 +47,10 @@ def _add_train(sub) -> None:
     p.add_argument("--target-epsilon", type=float, default=None)
     p.add_argument("--delta", type=float, default=None)
     p.add_argument("--epochs", type=float, default=None)
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--seed", type=int, default=None, help="seed of initialisation and augmentation")
+    p.add_argument("--noise-seed", type=int, default=None,
+                   help="PUBLISH the seed of sampling and noise so the run can be replayed (teaching "
+                        "only: the record then voids the privacy of the noise); default: a secret seed")
     p.add_argument("--quick", action="store_true", help="quick mode (also DPEDU_QUICK=1)")
     p.add_argument("--data-dir", default=None, help="data folder (default: $DPEDU_DATA_DIR)")
     p.add_argument("--source", default=None,
@@ -68,10 +71,38 @@ def _add_bench(sub) -> None:
     p.add_argument("--out", default=None, help="write the JSON record here")
 
 
+def _add_data(sub) -> None:
+    p = sub.add_parser("data", help="download, verify and locate the data (MNIST, CIFAR-10)")
+    actions = p.add_subparsers(dest="action", required=True)
+    d = actions.add_parser("download", help="download the official files into the cache, verified")
+    d.add_argument("dataset", choices=("mnist", "cifar10", "all"))
+    d.add_argument("--mirror", action="append", default=None, metavar="URL",
+                   help="base URL to download from instead of the default mirrors (repeatable; "
+                        "one data set only)")
+    d.add_argument("--force", action="store_true", help="download again even if cached and valid")
+    v = actions.add_parser("verify", help="check the data folder's and the cache's files against "
+                                          "their hashes (exit 1 if one is corrupt)")
+    v.add_argument("dataset", nargs="?", default="all", choices=("mnist", "cifar10", "all"))
+    w = actions.add_parser("where", help="print the data folder, the cache folder and the sources "
+                                         "available")
+    for q in (v, w):
+        q.add_argument("--data-dir", default=None, help="data folder (default: $DPEDU_DATA_DIR)")
+    for q in (d, v, w):
+        q.add_argument("--cache-dir", default=None,
+                       help="cache folder (default: $DPEDU_CACHE_DIR or ~/.cache/dpedu)")
+
+
 def _add_slides(sub) -> None:
     p = sub.add_parser("slides", help="build offline reveal.js decks from notebooks")
     p.add_argument("notebooks", nargs="+", help=".ipynb files; ones without outputs are executed first")
     p.add_argument("--out", default="slides", help="folder for NN_name.slides.html and _static/")
+
+
+def _add_book(sub) -> None:
+    p = sub.add_parser("book", help="build the course website (Jupyter Book, offline) from notebooks")
+    p.add_argument("notebooks", nargs="+", help=".ipynb files; ones without outputs are executed first")
+    p.add_argument("--out", default="book/_build",
+                   help="folder for html/ (open html/index.html), source/ and .doctrees/")
 
 
 def _account(args) -> int:
@@ -129,12 +160,32 @@ def _bench(args) -> int:
     return bench.main(args)
 
 
+def _data(args) -> int:
+    from dpedu import download
+
+    if args.action == "where":
+        print("\n".join(download.where(args.data_dir, args.cache_dir)))
+        return 0
+    if args.action == "verify":
+        checks = download.verify(args.dataset, args.data_dir, args.cache_dir)
+        for check in checks:
+            print(f"{check.status:<8} {check.dataset:<8} {check.path}"
+                  + (f"  [{check.detail}]" if check.detail else ""))
+        return 1 if any(check.status == "corrupt" for check in checks) else 0
+    if args.mirror and args.dataset == "all":
+        raise ValueError("--mirror applies to one data set: name mnist or cifar10, not all")
+    for name in download.DATASETS if args.dataset == "all" else (args.dataset,):
+        path = download.download(name, args.cache_dir, mirrors=args.mirror, force=args.force)
+        print(f"{name}: {path} (verified)")
+    return 0
+
+
 def _slides(args) -> int:
     from dpedu import slides
 
     try:
         decks = slides.build_decks(args.notebooks, args.out)
-    except slides.SlidesError as err:  # no npm and no cached copy, or a failing notebook
+    except slides.SlidesError as err:  # a notebook without outputs failed while executing
         print(f"dpedu slides: error: {err}", file=sys.stderr)
         return 2
     for deck in decks:
@@ -142,10 +193,43 @@ def _slides(args) -> int:
     return 0
 
 
+def _book(args) -> int:
+    from dpedu import book, slides
+
+    try:
+        index = book.build_book(args.notebooks, args.out)
+    except (book.BookError, slides.SlidesError) as err:  # no Jupyter Book, Sphinx failed, a failing notebook
+        print(f"dpedu book: error: {err}", file=sys.stderr)
+        return 2
+    print(index)
+    return 0
+
+
+# Plain text for `dpedu --help` (the module docstring is reST, for the API docs).
+DESCRIPTION = "Differentially private deep learning, hands on: the course's command line."
+EPILOG = """examples:
+  dpedu account --noise-multiplier 4 --sampling-rate 0.01 --steps 10000 --delta 1e-5 --accountant all
+  dpedu train --config mnist-cnn --target-epsilon 3 --delta 1e-5 --out eps3.json
+  dpedu <command> --help      options of one command
+
+Bad input exits with status 2 and one line on stderr."""
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("dpedu")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dpedu", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="dpedu", description=DESCRIPTION, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_account, _add_calibrate, _add_train, _add_bench, _add_slides):
+    for add in (_add_account, _add_calibrate, _add_train, _add_bench, _add_slides, _add_book, _add_data):
         add(sub)
     return parser
 
@@ -153,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     handler = {"account": _account, "calibrate": _calibrate, "train": _train, "bench": _bench,
-               "slides": _slides}[args.command]
+               "slides": _slides, "book": _book, "data": _data}[args.command]
     from dpedu.data import DataError
 
     try:

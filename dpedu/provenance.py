@@ -1,13 +1,46 @@
-"""Provenance for every stored result: command, git commit, device, wall time, date, seed."""
+"""Provenance for every stored result: command, git commit, device, wall time, date, seed.
+
+Stored results ship inside the package (``dpedu/results/*.json``, package data), so a notebook
+reads them the same way from a clone, a pip install, Colab or Binder: :func:`load_record`.
+"""
 
 from __future__ import annotations
 
 import datetime as _dt
+import importlib.resources
+import json
 import os
 import platform
 import shlex
 import subprocess
 import sys
+from pathlib import Path
+
+
+# The folder of the stored records inside the installed package (a real folder: setuptools installs
+# package data as files, also for editable installs).
+RESULTS_DIR = Path(str(importlib.resources.files("dpedu") / "results"))
+
+
+def load_record(name: str, results_dir: str | os.PathLike | None = None) -> dict | None:
+    """The stored record ``name`` (e.g. ``"ladder_cpu.json"``), or None if no such run is stored.
+
+    Args:
+      name: the record's file name inside the results folder.
+      results_dir: where to look (default: :data:`RESULTS_DIR`, the records shipped with dpedu).
+
+    Raises:
+      ValueError: the file exists but is not valid JSON (a damaged install: reinstall dpedu).
+
+    Taught in notebooks/03_dpsgd_mnist.ipynb.
+    """
+    path = Path(RESULTS_DIR if results_dir is None else results_dir) / name
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except ValueError as err:
+        raise ValueError(f"stored record {path} is not valid JSON ({err}); reinstall dpedu") from err
 
 
 def jsonable(value):

@@ -111,7 +111,7 @@ def test_table_commands_are_valid_dpedu_train_commands():
         assert (args.config, args.target_epsilon, args.epochs, args.delta) == (row.config, row.target_epsilon, row.epochs, 1e-5)
         outs.add(args.out)
     assert float(sweep.DELTA_ARGUMENT) == sweep.DELTA
-    assert len(outs) == 14 and "results/mnist-abadi-small-noise-ema-eps8-950ep.json" in outs and "results/mnist-abadi-small-noise-eps8-950ep.json" in outs and "results/mnist-cnn-eps3-40ep.json" in outs and "results/mnist-cnn-eps3.json" in outs
+    assert len(outs) == 14 and "dpedu/results/mnist-abadi-small-noise-ema-eps8-950ep.json" in outs and "dpedu/results/mnist-abadi-small-noise-eps8-950ep.json" in outs and "dpedu/results/mnist-cnn-eps3-40ep.json" in outs and "dpedu/results/mnist-cnn-eps3.json" in outs
     # The paper's numbers are labelled as the papers'.
     assert all("(paper" in row.paper for row in sweep.TABLE_ROWS if row.paper_accuracy is not None)
 

@@ -61,3 +61,34 @@ def test_jsonable_turns_numpy_and_jax_values_into_plain_json():
         "scalar": 1.5, "count": 3, "array": [0, 1, 2], "device": [1.0, 1.0]}
     with pytest.raises(TypeError, match="cannot store object in JSON"):
         json.dumps({"x": object()}, default=provenance.jsonable)
+
+
+def test_stored_records_ship_with_the_package_and_carry_provenance():
+    names = sorted(p.name for p in provenance.RESULTS_DIR.glob("*.json"))
+    assert "ladder_cpu.json" in names and "attack_full.json" in names and "mnist_sweep_full.json" in names
+    for name in names:
+        rec = provenance.load_record(name)
+        for r in rec if isinstance(rec, list) else [rec]:
+            assert {"command", "git_commit", "device", "wall_seconds"} <= r.keys(), name
+            assert not r["git_commit"].endswith("-dirty"), name  # made by committed code
+
+
+def test_load_record_absent_and_damaged(tmp_path):
+    assert provenance.load_record("nothing.json", tmp_path) is None
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(ValueError, match="reinstall dpedu"):
+        provenance.load_record("bad.json", tmp_path)
+
+
+def test_built_wheel_holds_the_stored_records(tmp_path):
+    # What Colab installs is a wheel built from the pinned commit: the records must be inside it.
+    import zipfile
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q",
+                    "-w", str(tmp_path), str(root)], check=True, timeout=300)
+    (wheel,) = tmp_path.glob("dpedu-*.whl")
+    inside = set(zipfile.ZipFile(wheel).namelist())
+    for path in provenance.RESULTS_DIR.glob("*.json"):
+        assert f"dpedu/results/{path.name}" in inside

@@ -1,6 +1,6 @@
 """Runs the informed-adversary reconstruction attacks (Balle, Cherubin & Hayes 2022) and stores a record.
 
-    python -m dpedu.experiments.attack --quick|--full --out results/attack_<mode>.json
+    python -m dpedu.experiments.attack --quick|--full --out dpedu/results/attack_<mode>.json
 
 Two experiments on MNIST, both by :mod:`dpedu.attacks`:
 
@@ -368,36 +368,18 @@ def run(config: AttackConfig, mode: str, data_dir=None, command: str | None = No
     )
 
 
-RESULTS_DIR = Path(__file__).resolve().parents[2] / "results"
+def load_results(mode: str = "full", results_dir=None) -> dict | None:
+    """The stored record ``attack_<mode>.json`` shipped with dpedu, or None if not run yet.
 
-
-def load_results(mode: str = "full", results_dir=None, download: bool = True) -> dict | None:
-    """The stored record ``results/attack_<mode>.json``, or None if it cannot be found.
-
-    Looks in ``results_dir`` (default: the repository's ``results/``); where the package was
-    pip-installed without the repository (Colab), fetches the record committed at
-    ``dpedu.course.REF`` from GitHub when ``download`` is True.
+    Args:
+      mode: ``"quick"`` or ``"full"``.
+      results_dir: where to look (default: :data:`dpedu.provenance.RESULTS_DIR`).
 
     Taught in notebooks/05_reconstruction_attack.ipynb.
     """
     if mode not in CONFIGS:
         raise ValueError(f"mode must be one of {sorted(CONFIGS)}, got {mode!r}")
-    name = f"attack_{mode}.json"
-    path = Path(RESULTS_DIR if results_dir is None else results_dir) / name
-    if path.is_file():
-        return json.loads(path.read_text())
-    if not download:
-        return None
-    import urllib.request
-
-    from dpedu import course
-
-    url = f"https://raw.githubusercontent.com/{course.REPOSITORY}/{course.REF}/results/{name}"
-    try:
-        with urllib.request.urlopen(url, timeout=10) as response:
-            return json.loads(response.read())
-    except (OSError, ValueError):  # offline, not published yet, or not JSON
-        return None
+    return provenance.load_record(f"attack_{mode}.json", results_dir)
 
 
 def build_parser() -> argparse.ArgumentParser:

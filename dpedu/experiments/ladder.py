@@ -1,6 +1,6 @@
 """Runs the CIFAR-10 ablation ladder of De et al. 2022 and stores one record with provenance.
 
-    python -m dpedu.experiments.ladder --scale quick|cpu|colab|paper [--rungs 0-5] --out results/ladder_<scale>.json
+    python -m dpedu.experiments.ladder --scale quick|cpu|colab|paper [--rungs 0-5] --out dpedu/results/ladder_<scale>.json
 
 The record holds every rung's training record (accuracy, ε, history, wall time, device, ...), the
 change each rung makes, the paper's validation accuracies labelled as the paper's, the machine's
@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="quick: CI on 2 CPU cores; cpu: the whole ladder in ~20-25 min on 2 CPU cores; "
                              "colab: a free Colab GPU; paper: De et al.'s setting (an accelerator)")
     parser.add_argument("--rungs", default=f"0-{ladder.NUM_RUNGS - 1}", help="e.g. 0-5, 3 or 0,2,4 (default: all)")
-    parser.add_argument("--out", required=True, help="JSON file to write, e.g. results/ladder_quick.json")
+    parser.add_argument("--out", required=True, help="JSON file to write, e.g. dpedu/results/ladder_quick.json")
     return parser
 
 

@@ -1,8 +1,8 @@
 """MNIST sweeps for notebooks/03: the accuracy grid behind the ε/accuracy widget, De et al.'s tuning lessons,
 and the commands of the Abadi et al. table.
 
-    python -m dpedu.experiments.mnist_sweep --quick --out results/mnist_sweep_quick.json
-    python -m dpedu.experiments.mnist_sweep --full --out results/mnist_sweep_full.json
+    python -m dpedu.experiments.mnist_sweep --quick --out dpedu/results/mnist_sweep_quick.json
+    python -m dpedu.experiments.mnist_sweep --full --out dpedu/results/mnist_sweep_full.json
     python -m dpedu.experiments.mnist_sweep --table [--dry-run]
 
 Every number comes from a real run of :func:`dpedu.train.train` (DP-SGD with Poisson sampling, ε from
@@ -18,7 +18,7 @@ dp-accounting for the mechanism that ran), stored whole with its provenance:
   the clipping norm with and without rescaling the learning rate, constant vs. cosine learning
   rate, and batch size × epochs.
 * **table** (:data:`TABLE_ROWS`, :func:`table_commands`): one ``dpedu train`` command per row of the
-  Abadi et al. table (records ``results/<config>-eps<ε>[-<epochs>ep].json``); not run by
+  Abadi et al. table (records ``dpedu/results/<config>-eps<ε>[-<epochs>ep].json``); not run by
   ``--quick``/``--full``.
 
 Budgets. ``--quick``: a 4,000-image subset of MNIST, 12 short runs, about 4 minutes of wall time
@@ -57,7 +57,9 @@ LESSON_PARTS = ("clip-norm", "lr-schedule", "batch-epochs")
 PARTS = GRID_PARTS + LESSON_PARTS
 
 # Where the committed commands store their records (a checkout of the repository; absent in a pip install).
-RESULTS_DIR = Path(__file__).resolve().parents[2] / "results"
+RESULTS_DIR = provenance.RESULTS_DIR
+# Where new records are written from a clone (the package-data folder, as the path a command names).
+RESULTS_ARGUMENT = "dpedu/results"
 
 ABADI_PAPER = "Abadi et al. 2016 (paper)"
 TRAMER_BONEH_PAPER = "Tramèr & Boneh 2021 (paper)"
@@ -288,19 +290,18 @@ def lesson_runs(sweep: dict, part: str) -> list[dict]:
 
 
 def sweep_path(mode: str, results_dir=None) -> Path:
-    """``results/mnist_sweep_<mode>.json``."""
+    """``dpedu/results/mnist_sweep_<mode>.json``."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     return Path(RESULTS_DIR if results_dir is None else results_dir) / f"mnist_sweep_{mode}.json"
 
 
 def load_sweep(mode: str, results_dir=None) -> dict | None:
-    """The stored sweep of ``mode`` (``results/mnist_sweep_<mode>.json``), or None if not run yet.
+    """The stored sweep of ``mode`` (``dpedu/results/mnist_sweep_<mode>.json``), or None if not run yet.
 
     Taught in notebooks/03_dpsgd_mnist.ipynb.
     """
-    path = sweep_path(mode, results_dir)
-    return json.loads(path.read_text()) if path.is_file() else None
+    return provenance.load_record(sweep_path(mode, results_dir).name, results_dir)
 
 
 def table_record_path(row: TableRow, results_dir=None) -> Path:
@@ -310,7 +311,7 @@ def table_record_path(row: TableRow, results_dir=None) -> Path:
     return Path(RESULTS_DIR if results_dir is None else results_dir) / f"{row.config}-eps{row.target_epsilon:g}{suffix}.json"
 
 
-def table_command(row: TableRow, results_dir: str = "results") -> list[str]:
+def table_command(row: TableRow, results_dir: str = RESULTS_ARGUMENT) -> list[str]:
     """The ``dpedu train`` command of ``row`` (full MNIST, full mode).
 
     Taught in notebooks/03_dpsgd_mnist.ipynb.
@@ -320,7 +321,7 @@ def table_command(row: TableRow, results_dir: str = "results") -> list[str]:
             "--delta", DELTA_ARGUMENT, *epochs, "--out", str(table_record_path(row, results_dir))]
 
 
-def table_commands(results_dir: str = "results") -> list[list[str]]:
+def table_commands(results_dir: str = RESULTS_ARGUMENT) -> list[list[str]]:
     """The ``dpedu train`` command of every row of :data:`TABLE_ROWS`.
 
     Taught in notebooks/03_dpsgd_mnist.ipynb.
@@ -348,9 +349,20 @@ def table_records(results_dir=None) -> dict:
                 and rec.get("epsilon", math.inf) <= row.target_epsilon and rec.get("epochs") == epochs
                 and rec.get("config", {}).get("name") == row.config
                 and rec.get("dataset", {}).get("train_examples") == 60_000
-                and rec.get("command") == " ".join(table_command(row))):
+                and _same_command(rec.get("command", ""), table_command(row))):
             rows[row] = rec
     return rows
+
+
+def _same_command(recorded: str, expected: list[str]) -> bool:
+    """``recorded`` is ``expected`` up to the folder of ``--out`` (records made before the results
+    moved into the package name ``dpedu/results/``; the file name must still match)."""
+    recorded_args = recorded.split()
+    if len(recorded_args) != len(expected) or "--out" not in expected:
+        return False
+    out = expected.index("--out") + 1
+    return (recorded_args[:out] == expected[:out] and recorded_args[out + 1:] == expected[out + 1:]
+            and Path(recorded_args[out]).name == Path(expected[out]).name)
 
 
 def build_parser() -> argparse.ArgumentParser:
