@@ -85,7 +85,8 @@ class TrainConfig:
         norm_chunk_size: examples per ``vmap`` in the two-pass norm pass (None: the model's
             default from :data:`CLIPPING_BY_MODEL` when ``clipping_method`` is None, else the
             whole micro-batch).
-        seed: one seed for initialisation, sampling, noise and DP-PCA.
+        seed: seed of the initialisation and the augmentation only; the mechanism's randomness
+            (sampling, noise, DP-PCA) comes from ``dpedu.train.train(noise_seed=...)``, secret by default.
         microbatch_size: the largest physical batch (a memory and cache bound). A Poisson batch is
             padded to micro-batches of ``min(microbatch_size, qN + 4 std)``
             (:func:`dpedu.sampling.poisson_microbatch_size`), so a small batch is one compiled call.
@@ -253,10 +254,11 @@ def get_config(name: str, quick: bool = False) -> TrainConfig:
 # with RDP (fast) and ε reported with PLD, one micro-batch per step (one compiled call).
 _QUICK = dict(calibration_accountant="rdp", microbatch_size=256)
 _QUICK_MNIST = dict(_QUICK, train_examples=4000, test_examples=1000, epochs=2.0, batch_size=200)
-# CIFAR-10 quick variants read the pixel-exact official-format 5,000-image subset (dpedu.data's
-# source "subset", in DPEDU_DATA_DIR): it loads in under a second, where the full set needs
-# tensorflow-datasets or the official archive. Its records name it; they are not CIFAR-10 results.
-_QUICK_CIFAR = dict(_QUICK, source="subset", train_examples=1000, test_examples=500, epochs=1.0, batch_size=100)
+# CIFAR-10 quick variants read the 2,000 pixel-exact CIFAR-10 images packaged with dpedu
+# (dpedu.data's source "sample": official training images 0-999, test images 0-999), so they run on
+# a fresh machine without data or internet and load in under a second. Their records name it; they
+# are not CIFAR-10 results.
+_QUICK_CIFAR = dict(_QUICK, source="sample", train_examples=1000, test_examples=500, epochs=1.0, batch_size=100)
 
 register(
     TrainConfig(

@@ -15,6 +15,18 @@ The loop is Abadi et al. 2016's Algorithm 1 as the library's pieces implement it
 5. after each epoch, test accuracy and ε so far; at the end, the record
    (:func:`dpedu.provenance.record`) with ε of the whole mechanism that ran.
 
+What a record releases beyond ε. The mechanism's randomness (which examples are sampled, the
+Gaussian noise, the DP-PCA's noise) is drawn by default from a *secret* seed, taken from the
+operating system's CSPRNG (``os.urandom``) and never stored: DP assumes the noise is unknown to
+whoever sees the output, and anyone who can regenerate it can subtract it (Opacus calls the same
+precaution "secure mode"). ``train(..., noise_seed=k)`` replays a run exactly, for teaching and
+tests; the record then says ``"noise_seed_published": true`` with a warning. ``config.seed`` only
+seeds the initialisation and the augmentations, which do not depend on the data. The record's
+``non_private_diagnostics`` (mean batch size, fraction of clipped gradients) are exact functions of
+the private data, computed without noise: they are NOT covered by ε and are for debugging, not for
+release. Records made before these changes (``dpedu/results/``) published both their seed and
+these diagnostics at the top level (:func:`diagnostics` reads either form).
+
 Taught in notebooks/03_dpsgd_mnist.ipynb.
 """
 
@@ -26,6 +38,7 @@ import json
 import math
 import os
 import time
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -41,11 +54,58 @@ from dpedu.configs import TrainConfig, get_config
 _INPUT_NORMALIZATION = {"cifar10": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))}
 _EVAL_BATCH = 1000
 
+NON_PRIVATE_DIAGNOSTICS_NOTE = (
+    "exact functions of the private training data, computed without noise: NOT covered by epsilon; "
+    "for debugging only, not part of the private release")
+PUBLISHED_NOISE_SEED_WARNING = (
+    "the seed of the sampling and noise randomness is published: anyone holding this record can "
+    "regenerate the noise, so the run is replayable for teaching and tests but its epsilon does NOT "
+    "hold for a real release; train with noise_seed=None (the default) for a secret seed")
+
+
+def _secret_seed() -> int:
+    """128 bits from the operating system's CSPRNG (``os.urandom``); never stored or returned to the user."""
+    return int.from_bytes(os.urandom(16), "little")
+
+
+def _noise_key(seed: int, published: bool):
+    """The JAX key of the Gaussian noise: exactly the old derivation for a published seed (replay)."""
+    if published:
+        return jax.random.split(jax.random.key(seed))[0]
+    words = np.frombuffer(seed.to_bytes(16, "little"), dtype=np.uint32)[:2]
+    return jax.random.wrap_key_data(words.copy(), impl="threefry2x32")
+
+
+def diagnostics(record: dict) -> dict:
+    """The non-private training diagnostics of a record: ``mean_batch_size``, ``mean_clipped_fraction``.
+
+    Read from ``record["non_private_diagnostics"]``, or, in records made before that key existed
+    (such as the stored ones in ``dpedu/results/``), from the record's top level. These values are
+    exact functions of the private data and are NOT covered by the record's ε.
+
+    Taught in notebooks/03_dpsgd_mnist.ipynb.
+    """
+    if "non_private_diagnostics" in record:
+        return record["non_private_diagnostics"]
+    return {key: record.get(key) for key in ("mean_batch_size", "mean_clipped_fraction")}
+
+
+def noise_seed_published(record: dict) -> bool:
+    """Whether anyone holding ``record`` can regenerate its sampling and noise randomness.
+
+    True when the record says so, and for records made before the noise seed became secret by
+    default (they have no ``noise_seed_published`` key: their ``seed`` drove everything).
+
+    Taught in notebooks/03_dpsgd_mnist.ipynb.
+    """
+    return bool(record.get("noise_seed_published", True))
+
 
 def _load(config: TrainConfig, data_dir, dataset: data.Dataset | None) -> data.Dataset:
     if dataset is None:
         loader = {"mnist": data.load_mnist, "cifar10": data.load_cifar10}[config.dataset]
-        dataset = loader(source=config.source or "auto", data_dir=data_dir)
+        # A quick variant may fall back to a labelled sample offline; a full run never does.
+        dataset = loader(source=config.source or "auto", data_dir=data_dir, quick=config.quick)
     if config.train_examples is not None or config.test_examples is not None:
         dataset = data.subset(
             dataset, config.train_examples or len(dataset.train_labels),
@@ -224,7 +284,8 @@ def _eval_fn(module):
     return counts
 
 
-def train(config: TrainConfig, data_dir=None, progress: bool = True, dataset: data.Dataset | None = None) -> dict:
+def train(config: TrainConfig, data_dir=None, progress: bool = True, dataset: data.Dataset | None = None,
+          noise_seed: int | None = None) -> dict:
     """Trains ``config`` and returns its record (a JSON-ready dict).
 
     Args:
@@ -233,13 +294,22 @@ def train(config: TrainConfig, data_dir=None, progress: bool = True, dataset: da
         progress: show a progress bar (``dpedu.progress``; ``TQDM_DISABLE=1`` also hides it).
         dataset: an already loaded :class:`dpedu.data.Dataset` of ``config.dataset`` (the config's
             subset and normalisation are still applied); default: load it.
+        noise_seed: seed of the mechanism's randomness (Poisson sampling, Gaussian noise, DP-PCA
+            noise). None (default): a secret seed from the OS's CSPRNG, never stored, so nobody can
+            regenerate the noise. An int: a *published* seed for replayable teaching runs and tests
+            (``noise_seed=config.seed`` replays runs made before this option existed); the record
+            stores it with ``noise_seed_published: true`` and a warning, and emits a UserWarning
+            for private runs.
 
     Returns:
         The record: ``config``, ``model``, ``dataset`` (name, source, notes, sizes),
         ``test_accuracy``, ``epsilon``, ``delta``, ``accountant``, ``noise_multiplier``,
         ``sampling_rate``, ``steps``, ``l2_clip_norm``, ``batch_size``, ``augmult``, ``ema``,
-        ``seed``, ``sampler``, ``quick``, ``private``, ``pca``, ``history`` (per epoch: test
-        accuracy and loss, ε so far), timings, and provenance (``command``, ``git_commit``,
+        ``seed`` (initialisation and augmentations only), ``noise_seed`` (None unless published),
+        ``noise_seed_published``, ``noise_seed_warning`` (if published), ``sampler``, ``quick``,
+        ``private``, ``pca``, ``history`` (per epoch: test accuracy and loss, ε so far),
+        ``non_private_diagnostics`` (mean batch size and clipped fraction: exact functions of the
+        private data, NOT covered by ε), timings, and provenance (``command``, ``git_commit``,
         ``device``, ``date``).
 
     Formal guarantees:
@@ -247,7 +317,10 @@ def train(config: TrainConfig, data_dir=None, progress: bool = True, dataset: da
         mechanism that ran: ``T`` steps of the sampled Gaussian mechanism with the σ used, Poisson
         sampling accounted as Poisson (shuffled batches as :func:`dpedu.accounting.dp_event`
         says), composed with the DP-PCA when there is one; it is ≤ ``target_epsilon``. The test
-        set is only used for evaluation.
+        set is only used for evaluation. ε covers the model (parameters, and the per-epoch test
+        metrics as post-processing) only if the noise seed is secret (the default) and only under
+        add/remove-one neighbours with N treated as public; it does NOT cover
+        ``non_private_diagnostics``, nor any choice among several runs (hyper-parameter search).
 
         ==================================  ==================================================
         config                              ``epsilon`` accounts for
@@ -274,7 +347,13 @@ def train(config: TrainConfig, data_dir=None, progress: bool = True, dataset: da
         raise ValueError(f"config must be a dpedu.configs.TrainConfig, got {type(config).__name__}")
     start = time.perf_counter()
     _check_pca_budget(config)
-    sampling_seed, pca_seed = np.random.SeedSequence(config.seed).spawn(2)
+    published = noise_seed is not None
+    if published:
+        noise_seed = int(noise_seed)
+        if config.private:
+            warnings.warn(f"{config.name}: {PUBLISHED_NOISE_SEED_WARNING}", UserWarning, stacklevel=2)
+    mechanism_seed = noise_seed if published else _secret_seed()
+    sampling_seed, pca_seed = np.random.SeedSequence(mechanism_seed).spawn(2)
     dataset = _load(config, data_dir, dataset)
     train_x, train_y, test_x, pca_info = _project(config, dataset, np.random.default_rng(pca_seed))
     test_y = dataset.test_labels
@@ -309,7 +388,10 @@ def train(config: TrainConfig, data_dir=None, progress: bool = True, dataset: da
     average = averaging.ema_init(params) if config.ema else None
 
     epsilon_so_far = _EpsilonSoFar(config, sigma, q, num_examples) if config.private else None
-    noise_root, augment_root = jax.random.split(jax.random.key(config.seed))
+    # Augmentations depend on config.seed only (public, data-independent); the noise on the mechanism's seed.
+    augment_root = jax.random.split(jax.random.key(config.seed))[1]
+    noise_root = _noise_key(mechanism_seed, published)
+    del mechanism_seed  # a secret seed is never stored
     epoch_ends = {min(steps, max(1, round(e / q))) for e in range(1, math.ceil(config.epochs) + 1)}
     history, stats_sum, eval_seconds = [], {"clipped_fraction": 0.0, "batch_size": 0.0}, 0.0
     bar = progress_bar(total=steps, desc=config.name, unit="step", **({} if progress else {"disable": True}))
@@ -377,12 +459,18 @@ def train(config: TrainConfig, data_dir=None, progress: bool = True, dataset: da
         augmult=config.augmult,
         ema=config.ema,
         seed=config.seed,
+        noise_seed=noise_seed if published else None,
+        noise_seed_published=published,
+        **({"noise_seed_warning": PUBLISHED_NOISE_SEED_WARNING} if published else {}),
         sampler=config.sampler,
         clipping=dict(zip(("method", "norm_chunk_size"), config.clipping())) if config.private else None,
         quick=config.quick,
         pca=pca_info,
-        mean_clipped_fraction=float(stats_sum["clipped_fraction"]) / steps if config.private else None,
-        mean_batch_size=float(stats_sum["batch_size"]) / steps,
+        non_private_diagnostics={
+            "mean_clipped_fraction": float(stats_sum["clipped_fraction"]) / steps if config.private else None,
+            "mean_batch_size": float(stats_sum["batch_size"]) / steps,
+            "note": NON_PRIVATE_DIAGNOSTICS_NOTE,
+        },
         history=history,
         train_seconds=train_seconds,
         eval_seconds=eval_seconds,
@@ -403,7 +491,8 @@ def main(args) -> int:
                  if getattr(args, name, None) is not None}
     if overrides:
         config = dataclasses.replace(config, **overrides)
-    result = train(config, data_dir=args.data_dir)
+    # A published noise seed only when asked for (``--noise-seed`` where the CLI offers it).
+    result = train(config, data_dir=args.data_dir, noise_seed=getattr(args, "noise_seed", None))
     if args.out:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         with open(args.out, "w") as f:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import functools
-import importlib.util
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -13,17 +11,13 @@ import pytest
 
 from dpedu import exercises
 
-SOLUTIONS = Path(__file__).resolve().parents[1] / "notebooks" / "solutions" / "03_exercises.py"
 # The setting of the notebook's exercise 3.
 SIGMA_EXERCISE = dict(target_epsilon=1.0, sampling_rate=256 / 60_000, steps=3516, delta=1e-5)
 
 
 @pytest.fixture(scope="module")
 def solutions():
-    spec = importlib.util.spec_from_file_location("solutions_03", SOLUTIONS)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return exercises.load_solutions("03")
 
 
 def test_placeholder_is_not_done_and_does_not_raise(capsys):
@@ -93,3 +87,15 @@ def test_noise_multiplier_solution_passes_and_too_little_or_too_much_noise_fails
         checker(1.2 * sigma)
     with pytest.raises(exercises.ExerciseError, match="> 0"):
         checker(0.0)
+
+
+def test_solutions_ship_with_the_package_and_print(capsys):
+    # Colab installs only the package: the solutions must be reachable from it.
+    exercises.show_solution("03", "clip_gradient")
+    assert "def clip_gradient" in capsys.readouterr().out
+    exercises.show_solution("02", "replace_one_epsilon")
+    assert "replace_one_epsilon =" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="define no 'nope'.*clip_gradient"):
+        exercises.show_solution("03", "nope")
+    with pytest.raises(ValueError, match="no solutions for notebook '99'.*03"):
+        exercises.show_solution("99", "x")
