@@ -45,14 +45,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from dpedu import accounting, augment, averaging, data, dpsgd, ghost, models, pca, sampling
+from dpedu import _memory, accounting, augment, averaging, data, dpsgd, ghost, models, pca, sampling
 from dpedu.configs import TrainConfig, get_config
 
 # Public, data-independent input normalisation, as Tramèr & Boneh's code does it: none for MNIST
 # (pixels in [0, 1]); ImageNet's channel means and standard deviations for CIFAR-10 (statistics of
 # the private training set would themselves need a privacy budget).
 _INPUT_NORMALIZATION = {"cifar10": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))}
-_EVAL_BATCH = 1000
+_EVAL_BATCH = 250  # examples per evaluation call: larger batches cost memory (Binder has 2 GB), not accuracy
 
 NON_PRIVATE_DIAGNOSTICS_NOTE = (
     "exact functions of the private training data, computed without noise: NOT covered by epsilon; "
@@ -343,6 +343,7 @@ def train(config: TrainConfig, data_dir=None, progress: bool = True, dataset: da
     from dpedu.progress import progress as progress_bar
     from dpedu.provenance import record
 
+    _memory.release()  # what earlier runs in this process freed, back to the OS (Binder: 2 GB)
     if not isinstance(config, TrainConfig):
         raise ValueError(f"config must be a dpedu.configs.TrainConfig, got {type(config).__name__}")
     start = time.perf_counter()
