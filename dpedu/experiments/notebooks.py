@@ -6,7 +6,7 @@
 
 Executes the course notebooks one after another with nbclient (a fresh kernel each, in the
 notebooks' folder, ``DPEDU_QUICK`` set by ``--mode``) and records, per notebook, the wall time,
-the kernel's peak resident memory (``getrusage``'s ``ru_maxrss``, read in the kernel after the
+the kernel's peak resident memory in MiB (``peak_memory_mb``: ``getrusage``'s ``ru_maxrss``, read after the
 last cell) and the data sets the notebook printed it loaded. The README's table of run times is
 made from these records (:func:`readme_table`), and Binder's memory limit is checked against them.
 """
@@ -74,7 +74,7 @@ def readme_table(quick: dict | None, full: dict | None) -> str:
     for name, _ in course.NOTEBOOKS:
         q, f = quick_runs.get(name), full_runs.get(name)
         quick_time = _minutes(q["wall_seconds"]) if q else "not measured"
-        memory = f"{q['peak_memory_mb']:,.0f} MB" if q else "—"
+        memory = f"{q['peak_memory_mb']:,.0f} MiB" if q else "—"
         full_time = _minutes(f["wall_seconds"]) if f else "not measured yet"
         lines.append(f"| {name[:2]} | {quick_time} | {memory} | {full_time} |")
     sources = [f"{mode}: {rec['device']}, commit {rec['git_commit'][:7]}, {rec['date'][:10]}"
