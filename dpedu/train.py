@@ -34,6 +34,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
+import itertools
 import json
 import math
 import os
@@ -45,7 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from dpedu import _memory, accounting, augment, averaging, data, dpsgd, ghost, models, pca, sampling
+from dpedu import _memory, accounting, augment, averaging, checkpoint, data, dpsgd, ghost, models, pca, sampling
 from dpedu.configs import TrainConfig, get_config
 
 # Public, data-independent input normalisation, as Tramèr & Boneh's code does it: none for MNIST
@@ -284,8 +286,29 @@ def _eval_fn(module):
     return counts
 
 
+def _data_fingerprint(dataset: data.Dataset, num_examples: int, train_y: np.ndarray) -> dict:
+    """What a checkpoint checks of the training data on resume: name, size, SHA-256 of the labels."""
+    return {"name": dataset.name, "train_examples": int(num_examples),
+            "labels_sha256": hashlib.sha256(np.ascontiguousarray(train_y).tobytes()).hexdigest()}
+
+
+def _check_checkpoint_args(checkpoint_dir, checkpoint_every, resume) -> int | None:
+    if checkpoint_every is not None:
+        if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, (int, np.integer)) \
+                or checkpoint_every < 1:
+            raise ValueError(f"checkpoint_every must be an integer >= 1 (steps), got {checkpoint_every!r}")
+        checkpoint_every = int(checkpoint_every)
+    if checkpoint_dir is None and (resume or checkpoint_every is not None):
+        raise ValueError("resume and checkpoint_every need a checkpoint folder (checkpoint_dir, --checkpoint-dir)")
+    if checkpoint_dir is not None and not resume and checkpoint.checkpoint_paths(checkpoint_dir):
+        raise ValueError(f"checkpoint_dir {checkpoint_dir} already holds checkpoints of a run: resume it "
+                         "(resume=True, --resume) or choose an empty folder")
+    return checkpoint_every
+
+
 def train(config: TrainConfig, data_dir=None, progress: bool = True, dataset: data.Dataset | None = None,
-          noise_seed: int | None = None) -> dict:
+          noise_seed: int | None = None, checkpoint_dir=None, checkpoint_every: int | None = None,
+          resume: bool = False) -> dict:
     """Trains ``config`` and returns its record (a JSON-ready dict).
 
     Args:
@@ -300,6 +323,14 @@ def train(config: TrainConfig, data_dir=None, progress: bool = True, dataset: da
             (``noise_seed=config.seed`` replays runs made before this option existed); the record
             stores it with ``noise_seed_published: true`` and a warning, and emits a UserWarning
             for private runs.
+        checkpoint_dir: folder for crash-safe checkpoints (:mod:`dpedu.checkpoint`), written at the
+            end of each epoch and every ``checkpoint_every`` steps; None (default): none. A
+            checkpoint holds the sampling and noise randomness: keep it as private as the data
+            (anyone who has it can regenerate the noise, as with a published seed).
+        checkpoint_every: also checkpoint every this many steps (an int >= 1).
+        resume: continue from the newest valid checkpoint in ``checkpoint_dir`` (start afresh if
+            there is none) to the same parameters and ε as an uninterrupted run; ``ValueError`` if
+            it is of another config, data or noise seed.
 
     Returns:
         The record: ``config``, ``model``, ``dataset`` (name, source, notes, sizes),
@@ -309,7 +340,8 @@ def train(config: TrainConfig, data_dir=None, progress: bool = True, dataset: da
         ``noise_seed_published``, ``noise_seed_warning`` (if published), ``sampler``, ``quick``,
         ``private``, ``pca``, ``history`` (per epoch: test accuracy and loss, ε so far),
         ``non_private_diagnostics`` (mean batch size and clipped fraction: exact functions of the
-        private data, NOT covered by ε), timings, and provenance (``command``, ``git_commit``,
+        private data, NOT covered by ε), ``checkpoint`` (only with ``checkpoint_dir``: folder,
+        interval, the step resumed from), timings, and provenance (``command``, ``git_commit``,
         ``device``, ``date``).
 
     Formal guarantees:
@@ -347,26 +379,42 @@ def train(config: TrainConfig, data_dir=None, progress: bool = True, dataset: da
     if not isinstance(config, TrainConfig):
         raise ValueError(f"config must be a dpedu.configs.TrainConfig, got {type(config).__name__}")
     start = time.perf_counter()
+    checkpoint_every = _check_checkpoint_args(checkpoint_dir, checkpoint_every, resume)
     _check_pca_budget(config)
     published = noise_seed is not None
     if published:
         noise_seed = int(noise_seed)
         if config.private:
             warnings.warn(f"{config.name}: {PUBLISHED_NOISE_SEED_WARNING}", UserWarning, stacklevel=2)
-    mechanism_seed = noise_seed if published else _secret_seed()
-    sampling_seed, pca_seed = np.random.SeedSequence(mechanism_seed).spawn(2)
+    resumed = checkpoint.load_latest(checkpoint_dir) if resume else None
+    if resumed is not None:  # the run's own randomness, restored: no new (secret) seed is drawn
+        checkpoint.check_matches(resumed, config=checkpoint.config_state(config),
+                                 noise_seed=noise_seed if published else None, noise_seed_published=published)
+        pca_rng = np.random.default_rng()
+        pca_rng.bit_generator.state = resumed.meta["pca_rng_state"]
+        mechanism_seed = None
+    else:
+        mechanism_seed = noise_seed if published else _secret_seed()
+        sampling_seed, pca_seed = np.random.SeedSequence(mechanism_seed).spawn(2)
+        pca_rng = np.random.default_rng(pca_seed)
+    pca_rng_state = pca_rng.bit_generator.state if checkpoint_dir is not None else None
     dataset = _load(config, data_dir, dataset)
-    train_x, train_y, test_x, pca_info = _project(config, dataset, np.random.default_rng(pca_seed))
+    train_x, train_y, test_x, pca_info = _project(config, dataset, pca_rng)
     test_y = dataset.test_labels
     num_examples = len(train_y)
     if config.batch_size > num_examples:
         raise ValueError(f"batch_size must be <= the {num_examples} training examples, got {config.batch_size}")
     q = config.batch_size / num_examples
     steps = max(1, round(config.epochs / q))
+    fingerprint = _data_fingerprint(dataset, num_examples, train_y) if checkpoint_dir is not None else None
 
     t0 = time.perf_counter()
-    sigma = _calibrate(config, q, steps, num_examples) if config.private else 0.0
-    accounting_seconds = time.perf_counter() - t0
+    if resumed is not None:  # σ as calibrated by the interrupted run: the same ε, no re-calibration
+        checkpoint.check_matches(resumed, data=fingerprint, sampling_rate=q, steps=steps)
+        sigma, accounting_seconds = resumed.meta["noise_multiplier"], resumed.meta["accounting_seconds"]
+    else:
+        sigma = _calibrate(config, q, steps, num_examples) if config.private else 0.0
+        accounting_seconds = time.perf_counter() - t0
 
     module, params = models.init_params(config.model, config.seed, **config.model_overrides())
     optimizer = _optimizer(config, q, steps)
@@ -391,18 +439,51 @@ def train(config: TrainConfig, data_dir=None, progress: bool = True, dataset: da
     epsilon_so_far = _EpsilonSoFar(config, sigma, q, num_examples) if config.private else None
     # Augmentations depend on config.seed only (public, data-independent); the noise on the mechanism's seed.
     augment_root = jax.random.split(jax.random.key(config.seed))[1]
-    noise_root = _noise_key(mechanism_seed, published)
-    del mechanism_seed  # a secret seed is never stored
+    if resumed is None:
+        noise_root = _noise_key(mechanism_seed, published)
+    else:
+        noise_root = jax.random.wrap_key_data(np.asarray(resumed.arrays["noise_key"]),
+                                              impl=resumed.meta["noise_key_impl"])
+    del mechanism_seed  # a secret seed is never stored (a checkpoint stores the keys it derived)
     epoch_ends = {min(steps, max(1, round(e / q))) for e in range(1, math.ceil(config.epochs) + 1)}
     history, stats_sum, eval_seconds = [], {"clipped_fraction": 0.0, "batch_size": 0.0}, 0.0
-    bar = progress_bar(total=steps, desc=config.name, unit="step", **({} if progress else {"disable": True}))
-    rng = np.random.default_rng(sampling_seed)
+    rng = np.random.default_rng(sampling_seed) if resumed is None else np.random.default_rng()
+    done = 0
+    if resumed is not None:
+        done = resumed.step
+        arrays = resumed.arrays
+        params = checkpoint.restore(params, arrays["params"])
+        opt_state = checkpoint.restore(opt_state, arrays["opt_state"])
+        if average is not None:
+            average = checkpoint.restore(average, arrays["average"])
+        stats_sum = {key: arrays["stats_sum"][key] for key in stats_sum}
+        history, eval_seconds = resumed.meta["history"], resumed.meta["eval_seconds"]
+        if epsilon_so_far is not None:  # the same running PLD compositions as the uninterrupted run
+            for entry in history:
+                if entry["step"] != steps:
+                    epsilon_so_far(entry["step"])
+        rng.bit_generator.state = resumed.meta["sampler_initial_state"]
+    sampler_initial_state = rng.bit_generator.state if checkpoint_dir is not None else None
+    if resumed is not None and config.sampler == "poisson":  # where the sampler stopped
+        rng.bit_generator.state = resumed.meta["sampler_state"]
+        batches = _batches(config, rng, num_examples, q, steps - done)
+    else:  # shuffled batches replay their epoch's permutation from the initial state
+        batches = itertools.islice(_batches(config, rng, num_examples, q, steps), done, None)
+    checkpoint_meta = None if checkpoint_dir is None else {
+        "config": checkpoint.config_state(config), "data": fingerprint, "noise_seed": noise_seed if published else None,
+        "noise_seed_published": published, "noise_key_impl": str(jax.random.key_impl(noise_root)),
+        "pca_rng_state": pca_rng_state, "sampler_initial_state": sampler_initial_state, "noise_multiplier": sigma,
+        "sampling_rate": q, "steps": steps, "accounting_seconds": accounting_seconds,
+        "security_note": checkpoint.SECURITY_NOTE,
+    }
+    bar = progress_bar(total=steps, initial=done, desc=config.name, unit="step",
+                       **({} if progress else {"disable": True}))
     t_train = time.perf_counter()
     if config.sampler == "poisson":
         microbatch_size = sampling.poisson_microbatch_size(num_examples, q, max_microbatch_size=config.microbatch_size)
     else:
         microbatch_size = min(config.microbatch_size, config.batch_size)
-    for step, indices in enumerate(_batches(config, rng, num_examples, q, steps), start=1):
+    for step, indices in enumerate(batches, start=done + 1):
         idx, mask = sampling.pad_to_microbatches(indices, microbatch_size)
         inputs = train_x[idx]
         if augmult:
@@ -432,6 +513,13 @@ def train(config: TrainConfig, data_dir=None, progress: bool = True, dataset: da
             eval_seconds += time.perf_counter() - t_eval
             bar.set_postfix(test_acc=f"{metrics['accuracy']:.4f}", test_loss=f"{metrics['loss']:.3f}",
                             eps="-" if eps_so_far is None else f"{eps_so_far:.3f}")
+        if checkpoint_meta is not None and (step in epoch_ends or (checkpoint_every and step % checkpoint_every == 0)):
+            checkpoint.save(checkpoint_dir, step, arrays={
+                "params": params, "opt_state": opt_state, **({"average": average} if average is not None else {}),
+                "stats_sum": {key: np.asarray(value) for key, value in stats_sum.items()},
+                "noise_key": np.asarray(jax.random.key_data(noise_root))},
+                meta={**checkpoint_meta, "history": history, "eval_seconds": eval_seconds,
+                      "sampler_state": rng.bit_generator.state})
     bar.close()
     train_seconds = time.perf_counter() - t_train - eval_seconds
 
@@ -473,6 +561,9 @@ def train(config: TrainConfig, data_dir=None, progress: bool = True, dataset: da
             "note": NON_PRIVATE_DIAGNOSTICS_NOTE,
         },
         history=history,
+        **({"checkpoint": {"dir": str(checkpoint_dir), "every": checkpoint_every,
+                           "resumed_from_step": resumed.step if resumed is not None else None,
+                           "note": checkpoint.SECURITY_NOTE}} if checkpoint_dir is not None else {}),
         train_seconds=train_seconds,
         eval_seconds=eval_seconds,
         accounting_seconds=accounting_seconds,
@@ -493,7 +584,9 @@ def main(args) -> int:
     if overrides:
         config = dataclasses.replace(config, **overrides)
     # A published noise seed only when asked for (``--noise-seed`` where the CLI offers it).
-    result = train(config, data_dir=args.data_dir, noise_seed=getattr(args, "noise_seed", None))
+    result = train(config, data_dir=args.data_dir, noise_seed=getattr(args, "noise_seed", None),
+                   checkpoint_dir=getattr(args, "checkpoint_dir", None),
+                   checkpoint_every=getattr(args, "checkpoint_every", None), resume=bool(getattr(args, "resume", False)))
     if args.out:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         with open(args.out, "w") as f:

@@ -7,6 +7,13 @@ change each rung makes, the paper's validation accuracies labelled as the paper'
 load averages at the start (``load_average_at_start``) and at the end, and the provenance of the
 whole run (:func:`dpedu.provenance.record`).
 
+``--checkpoint-dir DIR`` makes the ladder resumable rung by rung: rung ``i`` trains with
+checkpoints in ``DIR/rung<i>/`` (:mod:`dpedu.checkpoint`, resumed from the newest valid one when
+the command is run again) and its finished record is stored as ``DIR/rung<i>/record.json``
+(written atomically); a rung whose record is complete is not run again. Run the same command
+again after an interruption. The checkpoints hold the sampling and noise randomness: keep ``DIR``
+as private as the data.
+
 Taught in notebooks/04_cifar10_ladder.ipynb.
 """
 
@@ -14,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
 import time
@@ -30,7 +38,55 @@ def build_parser() -> argparse.ArgumentParser:
                              "colab: a free Colab GPU; paper: De et al.'s setting (an accelerator)")
     parser.add_argument("--rungs", default=f"0-{ladder.NUM_RUNGS - 1}", help="e.g. 0-5, 3 or 0,2,4 (default: all)")
     parser.add_argument("--out", required=True, help="JSON file to write, e.g. dpedu/results/ladder_quick.json")
+    parser.add_argument("--checkpoint-dir", default=None, metavar="DIR",
+                        help="resume rung by rung: checkpoints and each finished rung's record in DIR/rung<i>/ "
+                             "(run the same command again after an interruption). PRIVATE: checkpoints hold "
+                             "the sampling and noise randomness; keep DIR as private as the data")
+    parser.add_argument("--checkpoint-every", type=int, default=None, metavar="N",
+                        help="also checkpoint every N steps (default: each epoch)")
     return parser
+
+
+def _complete_record(path: Path) -> dict | None:
+    """A rung's stored record, or None if it is missing or incomplete (cut off mid-write)."""
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) and "rung" in record and "epsilon" in record else None
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    temp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(temp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(temp, path)
+
+
+def run_resumable(scale: str, rungs: list[int], checkpoint_dir, checkpoint_every=None) -> list[dict]:
+    """:func:`dpedu.ladder.run_ladder` one rung at a time, resumable: rung ``i`` checkpoints in
+    ``checkpoint_dir/rung<i>/`` and stores its record there; a rung with a complete record is skipped."""
+    from dpedu import data
+
+    if checkpoint_every is not None and checkpoint_every < 1:
+        raise ValueError(f"checkpoint_every must be an integer >= 1 (steps), got {checkpoint_every!r}")
+    folder = Path(checkpoint_dir)
+    records, dataset = [], None
+    for index in rungs:
+        rung_dir = folder / f"rung{index}"
+        record = _complete_record(rung_dir / "record.json")
+        if record is None:
+            if dataset is None:  # loaded once, and only if a rung still has to run
+                first = ladder.ladder_configs(scale)[0]
+                dataset = data.load_cifar10(source=first.source or "auto", quick=first.quick)
+            rung_dir.mkdir(parents=True, exist_ok=True)
+            [record] = ladder.run_ladder(scale, [index], dataset=dataset, checkpoint_dir=rung_dir,
+                                         checkpoint_every=checkpoint_every, resume=True)
+            _write_atomically(rung_dir / "record.json", json.dumps(record, indent=1, default=provenance.jsonable) + "\n")
+        records.append(record)
+    return records
 
 
 def main(argv=None) -> int:
@@ -42,7 +98,12 @@ def main(argv=None) -> int:
         # shared CPU depend on it.
         load_start = provenance.load_average()
         start = time.perf_counter()
-        records = ladder.run_ladder(args.scale, rungs)
+        if args.checkpoint_dir is not None:
+            records = run_resumable(args.scale, rungs, args.checkpoint_dir, args.checkpoint_every)
+        elif args.checkpoint_every is not None:
+            raise ValueError("--checkpoint-every needs --checkpoint-dir")
+        else:
+            records = ladder.run_ladder(args.scale, rungs)
     except (ValueError, DataError) as err:
         print(f"python -m dpedu.experiments.ladder: error: {err}", file=sys.stderr)
         return 2
