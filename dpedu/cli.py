@@ -63,6 +63,9 @@ def _add_train(sub) -> None:
                         "as private as the data")
     p.add_argument("--checkpoint-every", type=int, default=None, metavar="N",
                    help="also checkpoint every N steps (N >= 1; needs --checkpoint-dir)")
+    p.add_argument("--devices", default=1, type=lambda s: None if s == "all" else int(s), metavar="N|all",
+                   help="run each step data-parallel over N local devices, or all (jax.shard_map; a Colab "
+                        "TPU has 8); default 1")
     p.add_argument("--resume", action="store_true",
                    help="continue from the newest valid checkpoint in --checkpoint-dir (same config, "
                         "--seed and --noise-seed) to the same parameters and epsilon as an uninterrupted run")

@@ -308,7 +308,7 @@ def _check_checkpoint_args(checkpoint_dir, checkpoint_every, resume) -> int | No
 
 def train(config: TrainConfig, data_dir=None, progress: bool = True, dataset: data.Dataset | None = None,
           noise_seed: int | None = None, checkpoint_dir=None, checkpoint_every: int | None = None,
-          resume: bool = False) -> dict:
+          resume: bool = False, devices: int | None = 1) -> dict:
     """Trains ``config`` and returns its record (a JSON-ready dict).
 
     Args:
@@ -331,6 +331,10 @@ def train(config: TrainConfig, data_dir=None, progress: bool = True, dataset: da
         resume: continue from the newest valid checkpoint in ``checkpoint_dir`` (start afresh if
             there is none) to the same parameters and ε as an uninterrupted run; ``ValueError`` if
             it is of another config, data or noise seed.
+        devices: run each step data-parallel over this many local devices
+            (:func:`dpedu.parallel.shard_step`: examples split, clipped sums added, noise drawn
+            once); 1 (default): the one-device step; None: all local devices. The same ε, and the
+            same parameters up to the order of float32 sums.
 
     Returns:
         The record: ``config``, ``model``, ``dataset`` (name, source, notes, sizes),
@@ -432,6 +436,10 @@ def train(config: TrainConfig, data_dir=None, progress: bool = True, dataset: da
             loss_fn.layer_plan(params, train_x[:1])  # an unsupported model fails now, not at the first step
     else:
         step_fn = dpsgd.make_nonprivate_step(loss_fn, optimizer, augmult=augmult)
+    if devices != 1:
+        from dpedu import parallel
+
+        step_fn = parallel.shard_step(step_fn, devices)
     opt_state = optimizer.init(params)
     ema_update = jax.jit(functools.partial(averaging.ema_update, decay=config.ema)) if config.ema else None
     average = averaging.ema_init(params) if config.ema else None
@@ -528,6 +536,7 @@ def train(config: TrainConfig, data_dir=None, progress: bool = True, dataset: da
         raise RuntimeError(f"internal error: epsilon {epsilon} exceeds target {config.target_epsilon}")
     return record(
         config=dataclasses.asdict(config),
+        devices=getattr(step_fn, "num_devices", 1),
         model={"name": config.model, "overrides": config.model_overrides(), "description": _describe_model(config),
                "parameters": models.count_params(params)},
         dataset={"name": dataset.name, "source": dataset.source, "notes": dataset.notes,
@@ -586,7 +595,8 @@ def main(args) -> int:
     # A published noise seed only when asked for (``--noise-seed`` where the CLI offers it).
     result = train(config, data_dir=args.data_dir, noise_seed=getattr(args, "noise_seed", None),
                    checkpoint_dir=getattr(args, "checkpoint_dir", None),
-                   checkpoint_every=getattr(args, "checkpoint_every", None), resume=bool(getattr(args, "resume", False)))
+                   checkpoint_every=getattr(args, "checkpoint_every", None), resume=bool(getattr(args, "resume", False)),
+                   devices=getattr(args, "devices", 1))
     if args.out:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         with open(args.out, "w") as f:
