@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import re
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -99,3 +101,30 @@ def test_solutions_ship_with_the_package_and_print(capsys):
         exercises.show_solution("03", "nope")
     with pytest.raises(ValueError, match="no solutions for notebook '99'.*03"):
         exercises.show_solution("99", "x")
+
+
+# Each notebook's exercise cells, in order, by the checkers they call (issue 13: at least three).
+EXERCISE_CHECKERS = {
+    "01_gaussian_mechanism.ipynb": ("check_classic_failure", "check_family_noise", "check_laplace_crossover"),
+    "02_composition_accounting.ipynb": ("check_rdp_epsilon", "check_delta_split", "check_replace_one_epsilon"),
+    "03_dpsgd_mnist.ipynb": ("check_clipping", "check_mixing_test", "check_poisson_sampler",
+                             "check_replace_one_epsilon"),
+    "04_cifar10_ladder.ipynb": ("check_mixes_examples", "check_batch_size_factors", "check_average_then_clip"),
+    "05_reconstruction_attack.ipynb": ("check_noise_for_target", "check_epsilon_lower_bound",
+                                       "check_prior_aware_statements"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXERCISE_CHECKERS))
+def test_notebook_has_at_least_three_unsolved_exercises_with_these_checkers(name):
+    import nbformat
+
+    from dpedu import course
+
+    assert set(EXERCISE_CHECKERS) == {notebook for notebook, _ in course.NOTEBOOKS}
+    nb = nbformat.read(Path(__file__).resolve().parents[1] / "notebooks" / name, as_version=4)
+    cells = [c.source for c in nb.cells if c.cell_type == "code" and "exercises.check(" in c.source]
+    names = EXERCISE_CHECKERS[name]
+    assert len(cells) >= 3
+    assert [next(n for n in names if n in c) for c in cells] == list(names)
+    assert all(re.search(r"\.\.\.\)?  # ", c) for c in cells)  # committed unsolved
