@@ -189,6 +189,7 @@ class TrainStep:
     monitoring only; publishing them is not covered by ε.
 
     ``key`` is the step's noise key (unused by the non-private step, kept for one signature).
+    :attr:`optimizer` is the optax transformation (``step.optimizer.init(params)`` starts a run).
 
     Taught in notebooks/03_dpsgd_mnist.ipynb.
     """
@@ -205,6 +206,7 @@ class TrainStep:
         def fused(params, opt_state, key, inputs, labels, mask):
             return apply(params, opt_state, key, batch_grad_sum(params, inputs, labels, mask))
 
+        self.optimizer = optimizer
         self.grad_sum = jax.jit(batch_grad_sum)
         self.accumulate = jax.jit(accumulate, donate_argnums=0)
         self.apply = jax.jit(apply)

@@ -14,7 +14,7 @@ import optax
 import pytest
 from scipy import stats
 
-from dpedu import accounting, attacks, data, dpsgd, mechanisms
+from dpedu import accounting, attacks, auditing, data, dpsgd, mechanisms
 from dpedu.experiments import attack as experiment
 
 
@@ -282,10 +282,10 @@ def test_gaussian_success_bound_holds_for_the_best_attack_on_a_gaussian_mechanis
 
 
 def test_clopper_pearson_interval():
-    low, high = experiment.clopper_pearson(20, 200)
+    low, high = auditing.clopper_pearson(20, 200)
     assert low == pytest.approx(stats.beta.ppf(0.025, 20, 181))
     assert high == pytest.approx(stats.beta.ppf(0.975, 21, 180))
-    assert experiment.clopper_pearson(0, 10)[0] == 0.0 and experiment.clopper_pearson(10, 10)[1] == 1.0
+    assert auditing.clopper_pearson(0, 10)[0] == 0.0 and auditing.clopper_pearson(10, 10)[1] == 1.0
 
 
 def test_image_encoding_round_trips_to_the_nearest_grey_level():

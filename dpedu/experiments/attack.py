@@ -44,9 +44,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
-from scipy import stats
 
-from dpedu import accounting, attacks, data, provenance
+from dpedu import accounting, attacks, auditing, data, provenance
 from dpedu.progress import progress
 
 EXPERIMENT = "reconstruction_attack"
@@ -113,14 +112,6 @@ CONFIGS = {
     "quick": AttackConfig(glm_targets=3, shadow_models=200, epsilons=(10.0, math.inf), trials=(40, 40),
                           accuracy_models=5, test_examples=500),
 }
-
-
-def clopper_pearson(successes: int, trials: int, level: float = 0.95) -> tuple[float, float]:
-    """Exact (Clopper–Pearson) confidence interval of a binomial proportion."""
-    alpha = 1 - level
-    low = stats.beta.ppf(alpha / 2, successes, trials - successes + 1) if successes > 0 else 0.0
-    high = stats.beta.ppf(1 - alpha / 2, successes + 1, trials - successes) if successes < trials else 1.0
-    return float(low), float(high)
 
 
 def encode_images(images) -> list[str]:
@@ -192,7 +183,7 @@ def _accuracy(module, unravel, flat_params, images, labels) -> float:
 
 def _rate(success: np.ndarray) -> dict:
     successes = int(np.sum(success))
-    return {"success_rate": successes / len(success), "success_ci95": clopper_pearson(successes, len(success)),
+    return {"success_rate": successes / len(success), "success_ci95": [float(v) for v in auditing.clopper_pearson(successes, len(success))],
             "successes": successes, "trials": len(success)}
 
 
