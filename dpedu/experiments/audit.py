@@ -80,7 +80,7 @@ class AuditConfig:
     tight_steps: int = 4
     tight_trials: int = 50_000
     bug_epsilon: float = 2.0
-    bug_trials: int = 10_000
+    bug_trials: int = 5_000
     bug_steps: int = 4
     noise_bug_steps: int = 8
     noise_bug_sampling_rate: float = 0.5
@@ -99,7 +99,7 @@ class AuditConfig:
 CONFIGS = {
     "full": AuditConfig(),
     # The notebook's live run and CI: well under a minute on 2 CPU cores.
-    "quick": AuditConfig(tight_trials=2_000, bug_trials=1_000, one_run_epsilons=(8.0,), one_run_canaries=500,
+    "quick": AuditConfig(tight_trials=2_000, bug_trials=500, one_run_epsilons=(8.0,), one_run_canaries=500,
                          one_run_examples=2_000, one_run_epochs=3, one_run_batch_size=256,
                          one_run_hidden_units=16, trials_per_batch=512),
 }
