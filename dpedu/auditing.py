@@ -226,7 +226,9 @@ def audit(in_scores, out_scores, *, delta: float, confidence: float = CONFIDENCE
     Formal guarantees:
         If the trials are independent runs of a mechanism that is (ε, δ)-DP with respect to adding
         the canary, ``epsilon ≤ ε`` with probability at least ``confidence``. If it is μ-GDP,
-        ``mu_gdp ≤ μ`` and ``epsilon_gdp ≤ ε(δ)`` with probability at least ``confidence``.
+        ``mu_gdp ≤ μ`` and ``epsilon_gdp ≤ ε(δ)`` with probability at least ``confidence``. DP-SGD
+        with sampling rate 1 is μ-GDP with ``μ = √T/σ``; with Poisson sampling (rate < 1) it is NOT
+        (its trade-off curve is not Gaussian): ignore ``epsilon_gdp`` there.
 
     Args:
         in_scores, out_scores: 1-D finite scores, one per trial.

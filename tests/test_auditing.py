@@ -172,7 +172,10 @@ def test_correct_dpsgd_never_audits_above_its_epsilon(setting, epsilon, sampling
         row = _audit_bound(setting, dpsgd.make_dp_step, epsilon=epsilon, seed=100 + seed, steps=steps,
                            sampling_rate=sampling_rate)
         assert row["epsilon"] <= row["accountant_epsilon"]
-        assert row["epsilon_gdp"] <= row["accountant_epsilon"]
+        if sampling_rate == 1:  # the GDP bound only applies to full-batch (Gaussian) DP-SGD
+            assert row["epsilon_gdp"] <= row["accountant_epsilon"]
+        else:
+            assert row["epsilon_gdp"] is None
 
 
 @pytest.mark.slow
