@@ -30,6 +30,7 @@ NOTEBOOKS = (
     ("03_dpsgd_mnist.ipynb", "DP-SGD on MNIST: per-example clipping, Poisson sampling, Abadi et al.'s table"),
     ("04_cifar10_ladder.ipynb", "The CIFAR-10 ablation ladder of De et al. 2022"),
     ("05_reconstruction_attack.ipynb", "Reconstructing training data (Balle, Cherubin & Hayes 2022) and how DP stops it"),
+    ("06_auditing.ipynb", "Auditing DP-SGD: membership inference (LiRA), lower bounds on ε, catching bugs"),
 )
 
 GITHUB_URL = f"https://github.com/{REPOSITORY}"

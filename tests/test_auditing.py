@@ -288,3 +288,20 @@ def test_train_with_canaries_moves_only_included_canaries_beyond_noise(mnist_sub
 def test_experiment_quick_config_is_small_and_the_paper_number_is_labelled():
     assert experiment.CONFIGS["quick"].tight_trials <= 2000
     assert "Steinke" in experiment.PAPER_ONE_RUN["source"]
+
+
+def test_driver_writes_a_record_the_tables_read(tmp_path, monkeypatch):
+    tiny = experiment.AuditConfig(audit_examples=4, audit_hidden_units=2, tight_epsilons=(4.0,), tight_trials=20,
+                                  bug_trials=20, copies=2, one_run_epsilons=(8.0,), one_run_canaries=20,
+                                  one_run_examples=200, one_run_epochs=1, one_run_batch_size=50,
+                                  one_run_hidden_units=2, trials_per_batch=20)
+    monkeypatch.setitem(experiment.CONFIGS, "quick", tiny)
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    out = tmp_path / "audit_quick.json"
+    assert experiment.main(["--quick", "--out", str(out)]) == 0
+    record = experiment.load_results("quick", tmp_path)
+    assert record["command"] == f"python -m dpedu.experiments.audit --quick --out {out}"
+    assert set(record["bugs"]) == set(experiment.BUGS)
+    for table in (experiment.tight_table, experiment.bugs_table, experiment.one_run_table):
+        assert "ε" in table(record)
+    assert "the paper's number" in experiment.one_run_table(record)

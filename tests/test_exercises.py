@@ -112,6 +112,8 @@ EXERCISE_CHECKERS = {
     "04_cifar10_ladder.ipynb": ("check_mixes_examples", "check_batch_size_factors", "check_average_then_clip"),
     "05_reconstruction_attack.ipynb": ("check_noise_for_target", "check_epsilon_lower_bound",
                                        "check_prior_aware_statements"),
+    "06_auditing.ipynb": ("check_tpr_at_fpr", "check_trials_needed", "check_audit_statements",
+                          "check_one_run_ceiling"),
 }
 
 

@@ -149,3 +149,13 @@ from dpedu.exercises.nb05 import (  # noqa: E402
     check_epsilon_lower_bound, check_noise_for_target, check_prior_aware_statements)
 
 __all__ += ["check_noise_for_target", "check_epsilon_lower_bound", "check_prior_aware_statements"]
+
+
+# ---------------------------------------------------------------------------------------------
+# notebooks/06_auditing.ipynb: checkers in dpedu/exercises/nb06.py, re-exported here
+# ---------------------------------------------------------------------------------------------
+
+from dpedu.exercises.nb06 import (  # noqa: E402
+    check_audit_statements, check_one_run_ceiling, check_tpr_at_fpr, check_trials_needed)
+
+__all__ += ["check_tpr_at_fpr", "check_trials_needed", "check_audit_statements", "check_one_run_ceiling"]

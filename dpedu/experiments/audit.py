@@ -302,6 +302,54 @@ def load_results(mode: str = "full", results_dir=None) -> dict | None:
     return provenance.load_record(f"audit_{mode}.json", results_dir)
 
 
+def _fmt(value, digits: int = 2) -> str:
+    return "—" if value is None else f"{value:.{digits}f}"
+
+
+def tight_table(record: dict) -> str:
+    """The tight audit of a record as a text table (accountant ε beside both lower bounds).
+
+    Taught in notebooks/06_auditing.ipynb.
+    """
+    lines = [f"White-box Dirac canary, full batch, {record['data']}; stored run, commit {record['git_commit'][:8]}",
+             f"{'accountant ε':>12} {'trials/side':>11} {'audit ε ≥ (no assumption)':>26} {'audit ε ≥ (GDP)':>16} "
+             f"{'GDP / accountant':>16}"]
+    for row in record["tight"]:
+        lines.append(f"{row['accountant_epsilon']:>12.2f} {row['trials_per_side']:>11,} {row['epsilon']:>26.2f} "
+                     f"{_fmt(row['epsilon_gdp']):>16} {_fmt(row['ratio_gdp']):>16}")
+    return "\n".join(lines)
+
+
+def bugs_table(record: dict) -> str:
+    """The bug audits of a record: claimed ε, then the audit of the broken step and of its correct twin.
+
+    Taught in notebooks/06_auditing.ipynb.
+    """
+    lines = [f"Each step claims ε = {record['config']['bug_epsilon']} (δ = {record['config']['delta']:g}); "
+             f"assumption-free 95 % lower bounds, {record['config']['bug_trials']:,} trials a side",
+             f"{'step':<28} {'broken: ε ≥':>12} {'caught':>7} {'correct twin: ε ≥':>18}"]
+    for name, row in record["bugs"].items():
+        lines.append(f"{name:<28} {row['broken']['epsilon']:>12.2f} {'yes' if row['caught'] else 'NO':>7} "
+                     f"{row['correct']['epsilon']:>18.2f}")
+    return "\n".join(lines)
+
+
+def one_run_table(record: dict) -> str:
+    """The one-run audits of a record beside the accountant's ε, and the paper's number, labelled.
+
+    Taught in notebooks/06_auditing.ipynb.
+    """
+    lines = [f"One training run, {record['data']}, white-box gradient canaries (stored run)",
+             f"{'accountant ε':>12} {'canaries':>8} {'one-run audit ε ≥':>18} {'test accuracy':>13}"]
+    for row in record["one_run"]:
+        lines.append(f"{row['accountant_epsilon']:>12.2f} {row['canaries']:>8,} {row['one_run_lower_bound']:>18.2f} "
+                     f"{row['test_accuracy']:>13.1%}")
+    paper = record["paper_one_run"]
+    lines.append(f"{paper['epsilon']:>12.2f} {'':>8} {paper['epsilon_lower_bound']:>18.2f} {'':>13}  "
+                 f"← the paper's number: {paper['source']}")
+    return "\n".join(lines)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m dpedu.experiments.audit", description=__doc__.splitlines()[0])
     mode = parser.add_mutually_exclusive_group(required=True)
@@ -324,7 +372,7 @@ def main(argv=None) -> int:
         return 2
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(provenance.jsonable(record), indent=1) + "\n")
+    out.write_text(json.dumps(record, indent=1, default=provenance.jsonable) + "\n")
     for row in record["tight"]:
         print(f"tight, ε = {row['accountant_epsilon']:.2f}: lower bound {row['epsilon']:.2f} (CP), "
               f"{row['epsilon_gdp']:.2f} (GDP; ratio {row['ratio_gdp']:.2f}), {row['wall_seconds']:.0f} s")
