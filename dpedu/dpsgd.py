@@ -59,7 +59,7 @@ def clipped_grad_sum(loss_fn: LossFn, params: PyTree, inputs, labels, mask, l2_c
     ``jax.vmap`` of ``jax.grad``, each gradient clipped then summed), ``"two_pass"``
     (:func:`dpedu.clipping.two_pass_clipped_grad_sum`: norms, then one weighted batched backward
     pass) or ``"ghost"`` (``loss_fn.clipped_grad_sum``, which :class:`dpedu.ghost.GhostLoss`
-    provides: one backward pass to the layer outputs, for Flax Dense/Conv models). Pure and
+    provides: one backward pass to the layer outputs, for Flax Dense/Conv/GroupNorm/WSConv models). Pure and
     jit-friendly (``loss_fn``, ``augmult``, ``clipping_method`` and ``norm_chunk_size`` static).
 
     Formal guarantees:

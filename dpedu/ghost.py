@@ -1,4 +1,4 @@
-"""Ghost clipping for Flax models built of Dense and Conv layers: the clipped sum in ONE backward pass.
+"""Ghost clipping for Flax models: the clipped sum in ONE backward pass.
 
 Every parameter of a ``flax.linen.Dense`` or ``flax.linen.Conv`` layer enters the loss through
 ``y = a W + b`` at each of the layer's ``P`` positions (``P = 1`` for a Dense layer on ``[B, d]``;
@@ -19,9 +19,32 @@ so the pairs ``(aᵢ, gᵢ)`` determine everything clipping needs:
   clipping);
 * the clipped sum: ``Σᵢ wᵢ ∂lossᵢ/∂W = Σᵢ Σ_p (wᵢ a_{i,p}) g_{i,p}ᵀ``, ONE matrix product per
   layer over all examples and positions (or, where the norm already formed the per-example
-  gradients, their weighted sum), with the clip factors ``wᵢ`` of
-  :func:`dpedu.clipping.clip_factors` — no second backward pass (Bu, Wang, Zha & Karypis 2023,
-  "Differentially Private Optimization on Large Model at Small Cost": book-keeping).
+  gradients and they take no more memory than the ``(aᵢ, gᵢ)``, their weighted sum), with the
+  clip factors ``wᵢ`` of :func:`dpedu.clipping.clip_factors` — no second backward pass (Bu, Wang,
+  Zha & Karypis 2023, "Differentially Private Optimization on Large Model at Small Cost":
+  book-keeping).
+
+The Wide-ResNets of :mod:`dpedu.models` (De et al. 2022) add two layers, also exact from ``(aᵢ, gᵢ)``:
+
+* ``flax.linen.GroupNorm``: ``y = x̂ ⊙ γ + β`` per channel, ``x̂`` the input normalised with
+  statistics of each example's own channel groups. So ``∂lossᵢ/∂γ = Σ_p g_{i,p} ⊙ x̂_{i,p}`` and
+  ``∂lossᵢ/∂β = Σ_p g_{i,p}``: ``[B, C]``, formed explicitly (as Opacus's GroupNorm per-sample
+  gradient does: Yousefpour et al. 2021, "Opacus: User-Friendly Differential Privacy Library in
+  PyTorch"). ``x̂`` is recomputed from the captured layer input by the layer itself with scale
+  and offset switched off (its own groups, epsilon and variance formula).
+* :class:`dpedu.models.WSConv`: ``y = conv(a, Ŵ) + b`` with ``Ŵ = S(W, s)``
+  (:func:`dpedu.models.standardize_weight`, kernel ``W``, gain ``s``). Example ``i``'s
+  ``Ŵ``-gradient ``Ĝᵢ = Σ_p a_{i,p} g_{i,p}ᵀ`` is a convolution's, and
+  ``(∂lossᵢ/∂W, ∂lossᵢ/∂s) = J_Sᵀ Ĝᵢ`` with ``J_S`` the Jacobian of ``S`` at the current
+  ``(W, s)``: one linear map for all examples (it depends on the parameters, not the data). So
+  the ``Ĝᵢ`` are formed explicitly and each is pulled through that vector-Jacobian product —
+  per output channel ``∂lossᵢ/∂s = ⟨Ĝᵢ, ŵ⟩`` and ``∂lossᵢ/∂W = s·r·(Ĝᵢ - mean(Ĝᵢ) - ⟨Ĝᵢ, ŵ⟩ ŵ)``
+  with ``ŵ = (W - mean W)·r``, ``r = 1/√(fan_in·var W)`` (no variance term where ``eps`` clamps
+  it), ``O(B × kernel size)``, see :func:`_standardized_squares` — and the norm is taken over
+  ``(W, s, b)``, the real parameters, never ``Ŵ`` (``‖Ĝᵢ‖`` is not the norm of any parameter's
+  gradient). By linearity the clipped sum is ONE ``jax.vjp`` of ``S``, ``J_Sᵀ (Σᵢ wᵢ Ĝᵢ)``. No
+  ghost norm here (it gives ``‖Ĝᵢ‖``, not ``‖J_Sᵀ Ĝᵢ‖``); with ``P ≥ 64`` output pixels in the
+  WRNs on CIFAR-10 the explicit gradient is the cheaper one anyway.
 
 The ``g_{i,p}`` of every layer come from one ordinary batched backward pass of ``Σᵢ lossᵢ``
 taken with respect to zero-valued perturbations added to each layer's output (NOT with respect to
@@ -29,10 +52,12 @@ the parameters, so the batched weight gradients are never formed). The layers ar
 ``flax.linen.intercept_methods``, without any change to the model's code.
 
 This is exact, not an approximation: ``gᵢ`` is example ``i``'s own gradient provided the model
-never mixes the examples of a batch (no batch normalisation; dpedu's models never do). Any
-parameter that is not the kernel or bias of a captured Dense/Conv layer (a GroupNorm scale, the
-Wide-ResNet's weight-standardised convolutions) makes :class:`GhostLoss` raise ``ValueError``
-naming it — a parameter is never silently left out.
+never mixes the examples of a batch (no batch normalisation; dpedu's models never do; a GroupNorm
+with statistics over the example axis or across devices raises). Any parameter that is not one of
+a captured layer — the kernel and bias of ``Dense`` / ``Conv``, the scale and bias of
+``GroupNorm``, the kernel, gain and bias of ``WSConv``, each of exactly that class, not a subclass
+(a ``LayerNorm``, a custom ``self.param``) — makes :class:`GhostLoss` raise ``ValueError``
+naming it: a parameter is never silently left out.
 
 Taught in notebooks/03_dpsgd_mnist.ipynb.
 """
@@ -50,10 +75,13 @@ import numpy as np
 from flax.linen.dtypes import promote_dtype
 from flax.linen.linear import canonicalize_padding
 
-from dpedu import clipping
+from dpedu import clipping, models
 
 PyTree = Any
 _USE_PER_EXAMPLE = "use clipping_method='per_example' for this model"
+# The layer classes whose parameters ghost clipping computes (exact types), by kind.
+_DENSE, _CONV, _GROUP_NORM, _WS_CONV = "dense", "conv", "group_norm", "ws_conv"
+_KINDS = {nn.Dense: _DENSE, nn.Conv: _CONV, nn.GroupNorm: _GROUP_NORM, models.WSConv: _WS_CONV}
 
 
 def _broadcast(value, rank: int) -> tuple[int, ...]:
@@ -65,19 +93,25 @@ def _broadcast(value, rank: int) -> tuple[int, ...]:
 
 @dataclasses.dataclass(frozen=True)
 class _Layer:
-    """One captured Dense/Conv call: where its parameters live and what the algebra needs.
+    """One captured layer call: where its parameters live and what the algebra needs.
 
-    ``kernel_size``, ``strides`` and ``padding`` are None for a Dense layer; for a Conv they are
-    per spatial axis, ``padding`` either a lax padding string or ``(low, high)`` pairs.
+    ``kind`` is one of ``"dense"``, ``"conv"``, ``"group_norm"``, ``"ws_conv"``.
+    ``kernel_size``, ``strides`` and ``padding`` are set for the convolutions only (per spatial
+    axis, ``padding`` either a lax padding string or ``(low, high)`` pairs). ``params`` names the
+    parameters the layer owns; ``normalize`` (GroupNorm) maps the layer input to ``x̂`` and
+    ``eps`` (WSConv) is the standardisation's.
     """
 
+    kind: str
     path: tuple[str, ...]
-    use_bias: bool
+    params: tuple[str, ...]
     input_shape: tuple[int, ...]
     output: jax.ShapeDtypeStruct
     kernel_size: tuple[int, ...] | None = None
     strides: tuple[int, ...] | None = None
     padding: Any = None
+    normalize: Callable[[jax.Array], jax.Array] | None = None
+    eps: float | None = None
 
     @property
     def name(self) -> str:
@@ -87,30 +121,57 @@ class _Layer:
 def _captured(context) -> bool:
     # Exact types: a subclass may change what __call__ computes, so its parameters stay
     # "not owned" and raise below rather than being handled by the wrong formula.
-    return context.method_name == "__call__" and type(context.module) in (nn.Dense, nn.Conv)
+    return context.method_name == "__call__" and type(context.module) in _KINDS
 
 
 def _layer_input(args, kwargs):
-    return args[0] if args else kwargs["inputs"]
+    if args:
+        return args[0]
+    return kwargs["inputs"] if "inputs" in kwargs else kwargs["x"]
 
 
-def _describe_layer(module, input_shape, output) -> _Layer:
+def _describe_layer(module, input_shape, output, kwargs) -> _Layer:
     """The :class:`_Layer` of a captured call, or ValueError for an option the algebra lacks."""
     path = tuple(module.path)
     name = "/".join(path)
+    kind = _KINDS[type(module)]
 
     def unsupported(what):
         return ValueError(f"ghost clipping does not support layer {name!r} ({type(module).__name__}): {what}; "
                           f"{_USE_PER_EXAMPLE}")
 
+    if kind == _GROUP_NORM:
+        if module.axis_name is not None:
+            raise unsupported(f"axis_name={module.axis_name!r} (statistics across devices mix examples)")
+        if kwargs.get("mask") is not None:
+            raise unsupported("a mask")
+        if len(input_shape) < 2:
+            raise unsupported(f"an input of shape {input_shape} without a batch axis")
+        ndim = len(input_shape)
+        axes = range(1, ndim) if module.reduction_axes is None else module.reduction_axes
+        axes = (axes,) if isinstance(axes, int) else axes
+        if 0 in {axis % ndim for axis in axes}:
+            raise unsupported(f"reduction_axes={module.reduction_axes!r} include the example axis (mixes examples)")
+        params = (("scale",) if module.use_scale else ()) + (("bias",) if module.use_bias else ())
+        # x̂ as the layer computes it, by the layer itself (same groups, epsilon, variance formula).
+        normalizer = module.clone(parent=None, use_scale=False, use_bias=False)
+        return _Layer(kind, path, params, tuple(input_shape), output,
+                      normalize=lambda x: normalizer.apply({}, x))
+    if kind == _WS_CONV:
+        # WSConv: lax.conv_general_dilated, NHWC, "SAME", square stride, no dilation or groups.
+        if len(input_shape) != 4:
+            raise unsupported(f"an input of shape {input_shape}, not [batch, height, width, channels]")
+        return _Layer(kind, path, ("kernel", "gain", "bias"), tuple(input_shape), output,
+                      tuple(module.kernel_size), _broadcast(module.strides, 2), "SAME", eps=module.eps)
+    params = ("kernel", "bias") if module.use_bias else ("kernel",)
     if module.promote_dtype is not promote_dtype:
         raise unsupported("a custom promote_dtype")
-    if isinstance(module, nn.Dense):
+    if kind == _DENSE:
         if module.dot_general is not None or module.dot_general_cls is not None:
             raise unsupported("a custom dot_general")
         if len(input_shape) < 2:
             raise unsupported(f"an input of shape {input_shape} without a batch axis")
-        return _Layer(path, module.use_bias, tuple(input_shape), output)
+        return _Layer(kind, path, params, tuple(input_shape), output)
     kernel_size = (module.kernel_size,) if isinstance(module.kernel_size, int) else tuple(module.kernel_size)
     rank = len(kernel_size)
     if module.feature_group_count != 1:
@@ -131,7 +192,7 @@ def _describe_layer(module, input_shape, output) -> _Layer:
         padding = tuple((int(low), int(high)) for low, high in padding)
         if min(min(pair) for pair in padding) < 0:
             raise unsupported(f"negative padding {padding}")
-    return _Layer(path, module.use_bias, tuple(input_shape), output, kernel_size, _broadcast(module.strides, rank),
+    return _Layer(kind, path, params, tuple(input_shape), output, kernel_size, _broadcast(module.strides, rank),
                   padding)
 
 
@@ -214,6 +275,112 @@ def _positions(layer: _Layer, layer_input: jax.Array, output_grad: jax.Array, ba
     return inputs, output_grad.reshape(batch, -1, features)
 
 
+def _squares(x: jax.Array) -> jax.Array:
+    """``[B, ...]`` -> ``[B]``: each example's squared l2 norm."""
+    return jnp.sum(jnp.square(x).reshape(x.shape[0], -1), axis=1)
+
+
+def _standardized_squares(kernel: jax.Array, gain: jax.Array, eps: float, hat_grads: jax.Array) -> jax.Array:
+    """``‖∂lossᵢ/∂W‖² + ‖∂lossᵢ/∂s‖²`` for each example from its ``Ĝᵢ`` (``hat_grads``, ``[B, *kernel]``).
+
+    The vector-Jacobian product of :func:`dpedu.models.standardize_weight` written out per output
+    channel (what ``jax.vjp`` computes, tested against it): with ``u = W - mean(W)``, ``t = n·var(W)``
+    over the ``n`` fan-in entries, ``r = 1/√max(t, eps)`` and ``ŵ = u·r``,
+
+        ``∂lossᵢ/∂s = ⟨Ĝᵢ, ŵ⟩``,   ``∂lossᵢ/∂W = s·r·(Ĝᵢ - mean(Ĝᵢ) - c·⟨Ĝᵢ, ŵ⟩·ŵ)``,
+
+    ``c`` the derivative of ``max(t, eps)`` in ``t`` as JAX takes it (1 above ``eps``, 0 below,
+    1/2 at a tie). The residual is formed explicitly (no cancellation of squared norms): a few
+    passes over ``[B, n, F]``, where XLA on CPU ran the batched ``jax.vjp`` and its squared norm
+    ~10x slower.
+    """
+    batch, features = hat_grads.shape[0], kernel.shape[-1]
+    fan_in = int(np.prod(kernel.shape[:-1]))
+    axes = tuple(range(kernel.ndim - 1))
+    mean = jnp.mean(kernel, axis=axes, keepdims=True)
+    t = jnp.var(kernel, axis=axes, keepdims=True) * fan_in
+    r = jax.lax.rsqrt(jnp.maximum(t, eps)).reshape(features)
+    c = jnp.where(t > eps, 1.0, jnp.where(t == eps, 0.5, 0.0)).reshape(features)
+    unit = ((kernel - mean) * r).reshape(fan_in, features)  # ŵ
+    hat = hat_grads.reshape(batch, fan_in, features)
+    gain_grads = jnp.sum(hat * unit, axis=1)  # [B, F]
+    residual = hat - jnp.mean(hat, axis=1, keepdims=True) - (c * gain_grads)[:, None, :] * unit
+    kernel_squares = jnp.sum(jnp.square(residual), axis=1) * jnp.square(gain * r)  # [B, F]
+    return jnp.sum(kernel_squares + jnp.square(gain_grads), axis=1)
+
+
+def _layer_grads(layer: _Layer, layer_input: jax.Array, output_grad: jax.Array, batch: int, leaves: dict):
+    """``(squared norms [B], total)`` for one layer: each example's squared gradient norm over the
+    layer's parameters, and ``total(weights, rows) -> {parameter key: Σᵢ wᵢ ∂lossᵢ/∂θ}`` (``rows``
+    zeroes the dropped examples' rows). The formulas are the module docstring's."""
+
+    def key(name):
+        return ("params", *layer.path, name)
+
+    if layer.kind == _GROUP_NORM:  # [B, C] per-example gradients, formed explicitly
+        g = output_grad.reshape(batch, -1, output_grad.shape[-1])  # [B, P, C]
+        grads = {}
+        if "scale" in layer.params:
+            grads["scale"] = jnp.sum(g * layer.normalize(layer_input).reshape(g.shape), axis=1)
+        if "bias" in layer.params:
+            grads["bias"] = jnp.sum(g, axis=1)
+        squared = sum((_squares(grad) for grad in grads.values()), jnp.zeros(batch, g.dtype))
+        return squared, lambda weights, rows: {key(name): weights @ rows(grad) for name, grad in grads.items()}
+
+    a, g = _positions(layer, layer_input, output_grad, batch)
+    bias_grad = jnp.sum(g, axis=1) if "bias" in layer.params else None  # [B, F]
+    squared = _squares(bias_grad) if bias_grad is not None else jnp.zeros(batch, g.dtype)
+    kernel_shape = jnp.shape(leaves[key("kernel")])
+
+    def bias_total(weights, rows):
+        return {} if bias_grad is None else {key("bias"): weights @ rows(bias_grad)}
+
+    if layer.kind == _WS_CONV:
+        # Ĝᵢ, example i's gradient w.r.t. the standardised kernel Ŵ = S(W, s), then J_Sᵀ Ĝᵢ per example.
+        kernel, gain = leaves[key("kernel")], leaves[key("gain")]
+        standardized, pullback = jax.vjp(lambda w, s: models.standardize_weight(w, s, layer.eps), kernel, gain)
+        hat_grads = jax.vmap(lambda grad: _kernel_layout(layer, grad, kernel_shape))(a @ g)
+        hat_grads = hat_grads.astype(standardized.dtype)  # [B, *kernel_shape]
+        squared += _standardized_squares(kernel, gain, layer.eps, hat_grads)
+
+        keep = _keep(a, g)
+
+        def total(weights, rows):  # linearity: ONE pullback of Σᵢ wᵢ Ĝᵢ, the sum as _keep chooses
+            if keep:
+                hat_sum = jnp.tensordot(weights, rows(hat_grads), axes=1)
+            else:
+                hat_sum = _kernel_layout(layer, jnp.einsum("bkp,bpf->kf", rows(a) * weights[:, None, None], rows(g)),
+                                         kernel_shape)
+            kernel_sum, gain_sum = pullback(hat_sum.astype(standardized.dtype))
+            return {key("kernel"): kernel_sum, key("gain"): gain_sum, **bias_total(weights, rows)}
+
+        return squared, total
+
+    if _explicit(a, g):
+        kernel_grad = a @ g  # [B, K, F]
+        squared += _squares(kernel_grad)
+        keep = _keep(a, g)
+
+        def kernel_total(weights, rows):  # as _keep chooses
+            if keep:
+                return jnp.tensordot(weights, rows(kernel_grad), axes=1)
+            return jnp.einsum("bkp,bpf->kf", rows(a) * weights[:, None, None], rows(g))
+    else:
+        if a.shape[2] == 1:  # one position: ‖a gᵀ‖² = (‖a‖ ‖g‖)² (norms first: fewer overflows)
+            squared += jnp.square(jnp.linalg.norm(a[:, :, 0], axis=-1) * jnp.linalg.norm(g[:, 0], axis=-1))
+        else:
+            squared += jnp.einsum("bpq,bpq->b", a.transpose(0, 2, 1) @ a, g @ g.transpose(0, 2, 1))
+
+        def kernel_total(weights, rows):
+            return jnp.einsum("bkp,bpf->kf", rows(a) * weights[:, None, None], rows(g))
+
+    def total(weights, rows):
+        return {key("kernel"): _kernel_layout(layer, kernel_total(weights, rows), kernel_shape),
+                **bias_total(weights, rows)}
+
+    return squared, total
+
+
 @dataclasses.dataclass(frozen=True)
 class GhostLoss:
     """A one-example loss of a Flax model that can also give the batch's clipped sum directly.
@@ -225,7 +392,9 @@ class GhostLoss:
 
     Attributes:
         module: a Flax linen module mapping a batch ``[B, ...]`` to logits ``[B, ...]``, whose
-            parameters all belong to ``nn.Dense`` / ``nn.Conv`` layers, each called once.
+            parameters all belong to ``nn.Dense``, ``nn.Conv``, ``nn.GroupNorm`` or
+            :class:`dpedu.models.WSConv` layers, each called once (every model of
+            :data:`dpedu.models.MODELS`).
         example_loss: ``example_loss(logits, label) -> scalar`` for ONE example's logits (e.g.
             ``optax.softmax_cross_entropy_with_integer_labels``).
 
@@ -248,12 +417,12 @@ class GhostLoss:
                 if _captured(context):
                     shape = tuple(jnp.shape(_layer_input(args, kwargs)))
                     if not shape or shape[0] != size or output.shape[0] != size:
-                        raise ValueError(f"ghost clipping needs the example axis first in every Dense/Conv "
+                        raise ValueError(f"ghost clipping needs the example axis first in every captured layer's "
                                          f"input and output; layer {'/'.join(context.module.path)!r} maps "
                                          f"{shape} to {output.shape} for a batch of {size}; {_USE_PER_EXAMPLE}")
                     if size == batch:
                         layers.append(_describe_layer(context.module, shape,
-                                                      jax.ShapeDtypeStruct(output.shape, output.dtype)))
+                                                      jax.ShapeDtypeStruct(output.shape, output.dtype), kwargs))
                 return output
 
             with nn.intercept_methods(interceptor):
@@ -262,26 +431,28 @@ class GhostLoss:
         paths = [layer.path for layer in layers]
         for path in paths:
             if paths.count(path) > 1:
-                raise ValueError(f"ghost clipping needs each Dense/Conv layer called once per forward pass; "
+                raise ValueError(f"ghost clipping needs each layer called once per forward pass; "
                                  f"layer {'/'.join(path)!r} is called {paths.count(path)} times; {_USE_PER_EXAMPLE}")
-        owned = {("params", *layer.path, "kernel") for layer in layers}
-        owned |= {("params", *layer.path, "bias") for layer in layers if layer.use_bias}
+        owned = {("params", *layer.path, name) for layer in layers for name in layer.params}
         leaves = jax.tree_util.tree_flatten_with_path(params)[0]
         unowned = ["/".join(_key_names(key_path)) for key_path, _ in leaves if _key_names(key_path) not in owned]
         if unowned:
             more = f" and {len(unowned) - 4} more" if len(unowned) > 4 else ""
             raise ValueError(f"ghost clipping cannot compute the per-example gradient of parameter "
-                             f"{', '.join(map(repr, unowned[:4]))}{more}: not the kernel or bias of a flax.linen "
-                             f"Dense or Conv layer called in the forward pass; {_USE_PER_EXAMPLE}")
+                             f"{', '.join(map(repr, unowned[:4]))}{more}: not a parameter of a flax.linen Dense, "
+                             f"Conv or GroupNorm layer or a dpedu.models.WSConv (exactly these classes) called in "
+                             f"the forward pass; {_USE_PER_EXAMPLE}")
         return layers
 
     def layer_plan(self, params: PyTree, inputs, *, augmult: bool = False) -> dict[str, str]:
-        """How each layer's per-example kernel-gradient norm is computed, by layer path.
+        """How each layer's per-example gradient norm is computed, by layer path.
 
         ``"ghost norm"`` (the Gram identity, no per-example gradient) or ``"per-example gradient"``
-        (``Σ_p a_{i,p} g_{i,p}ᵀ`` formed per example), whichever needs fewer multiplications for
-        the layer's ``P`` positions, ``K`` inputs and ``F`` outputs: per-example when
-        ``K·F <= P²·(K + F)`` (see the module docstring).
+        (``Σ_p a_{i,p} g_{i,p}ᵀ`` formed per example). A Dense or Conv layer gets whichever needs
+        fewer multiplications for its ``P`` positions, ``K`` inputs and ``F`` outputs:
+        per-example when ``K·F <= P²·(K + F)``. A GroupNorm (``[B, C]`` gradients) and a
+        weight-standardised convolution (its gradients pass through the standardisation's
+        Jacobian) always form them (see the module docstring).
 
         Args:
             params: the model's variables (``{"params": ...}``).
@@ -302,9 +473,13 @@ class GhostLoss:
         flat, _ = _flatten_copies(inputs, augmult)
         plan = {}
         for layer in self._layers(params, flat):
-            a = jax.ShapeDtypeStruct(layer.input_shape, jnp.float32)
-            shapes = jax.eval_shape(lambda x, g, layer=layer: _positions(layer, x, g, flat.shape[0]), a, layer.output)
-            plan[layer.name] = "per-example gradient" if _explicit(*shapes) else "ghost norm"
+            explicit = True
+            if layer.kind in (_DENSE, _CONV):
+                a = jax.ShapeDtypeStruct(layer.input_shape, jnp.float32)
+                shapes = jax.eval_shape(lambda x, g, layer=layer: _positions(layer, x, g, flat.shape[0]), a,
+                                        layer.output)
+                explicit = _explicit(*shapes)
+            plan[layer.name] = "per-example gradient" if explicit else "ghost norm"
         return plan
 
     def clipped_grad_sum(self, params: PyTree, inputs, labels, mask, l2_clip_norm, *,
@@ -313,21 +488,28 @@ class GhostLoss:
 
         Abadi et al. 2016, Algorithm 1 ("Clip gradient", summed), computed as the module
         docstring describes: one batched forward pass and one backward pass to the layer outputs,
-        then per layer the norm (ghost norm or explicit per-example gradient) and the weighted sum
-        ``(w ⊙ A)ᵀ G``. With ``augmult`` each example's loss is the mean over its K copies (De et
-        al. 2022, §3.1): the copies are further positions of the same example, so the mean
-        gradient is clipped, as :func:`dpedu.clipping.mean_over_copies` does.
+        then per layer the norm (ghost norm or explicit per-example gradient; GroupNorm's
+        ``[B, C]`` gradients; a weight-standardised convolution's pulled through the
+        standardisation) and the weighted sum (``(w ⊙ A)ᵀ G``, or of the per-example gradients).
+        With ``augmult`` each example's loss is the mean over its K copies (De et al. 2022, §3.1):
+        the copies are further positions of the same example, so the mean gradient is clipped, as
+        :func:`dpedu.clipping.mean_over_copies` does.
 
         Formal guarantees:
             In exact arithmetic the result equals :func:`dpedu.clipping.clipped_grad`'s sum
-            (tested against a one-example loop to 1e-5 of each parameter's largest entry: float32
-            sums over many positions cancel), so it has l2 sensitivity ``C`` under
-            adding or removing one example, for any padding — provided the model never mixes the
-            examples of a batch (each row of every layer depends on its own example only). Each
-            example's contribution is ``wᵢ`` times the gradient whose norm set ``wᵢ``, both
-            computed from the same ``(aᵢ, gᵢ)``, so it has norm ``<= C`` up to float rounding.
-            Rows with ``maskᵢ`` False or a non-finite norm are replaced by zeros before the sum
-            (a ``where``, not a product), so a NaN never leaks into the sum.
+            (tested for every model of :data:`dpedu.models.MODELS` against a one-example loop to
+            1e-5 of each parameter's largest entry: float32 sums over many positions cancel; in
+            float64 for the Wide-ResNets and the CIFAR-10 CNN, whose own float32 gradients are
+            less accurate than that with random parameters), so it has l2 sensitivity ``C``
+            under adding or removing one example, for any padding — provided the model never
+            mixes the examples of a batch (each row of every layer depends on its own example
+            only). Each example's contribution is ``wᵢ`` times the gradient whose norm set
+            ``wᵢ``, both computed from the same ``(aᵢ, gᵢ)`` (for a weight-standardised
+            convolution the same linear map ``J_Sᵀ`` takes both to the parameters), so it has norm
+            ``<= C`` up to float rounding. The norm covers exactly the model's parameters
+            (checked: any other parameter raises). Rows with ``maskᵢ`` False or a non-finite norm
+            are replaced by zeros before the sum (a ``where``, not a product), so a NaN never
+            leaks into the sum.
 
         Edge cases:
 
@@ -355,7 +537,7 @@ class GhostLoss:
             pre-clipping gradient norm (padding included, as the other methods report).
 
         Raises:
-            ValueError: an unsupported model (a parameter outside Dense/Conv layers, a layer
+            ValueError: an unsupported model (a parameter outside the supported layers, a layer
                 option such as grouped or dilated convolution: the message names it), or
                 ``l2_clip_norm`` outside ``[0, inf]``.
 
@@ -366,23 +548,14 @@ class GhostLoss:
         flat, copies = _flatten_copies(inputs, augmult)
         layers = self._layers(params, jax.ShapeDtypeStruct(flat.shape, flat.dtype))
         output_grads, layer_inputs = self._output_grads(params, flat, labels, copies, layers)
-        positions = [_positions(layer, a, g, batch) for layer, a, g in zip(layers, layer_inputs, output_grads)]
+        flat_params, treedef = jax.tree_util.tree_flatten_with_path(params)
+        leaves = {_key_names(key_path): leaf for key_path, leaf in flat_params}
 
-        dtype = jnp.result_type(jnp.float32, *output_grads)
-        squared_norms, kernel_grads = jnp.zeros(batch, dtype), []
-        for a, g in positions:
-            if _explicit(a, g):
-                kernel_grad = a @ g  # [B, K, F]
-                squared_norms += jnp.sum(jnp.square(kernel_grad), axis=(1, 2))
-            elif a.shape[2] == 1:  # one position: ‖a gᵀ‖² = (‖a‖ ‖g‖)² (norms first: fewer overflows)
-                kernel_grad = None
-                squared_norms += jnp.square(jnp.linalg.norm(a[:, :, 0], axis=-1) * jnp.linalg.norm(g[:, 0], axis=-1))
-            else:
-                kernel_grad = None
-                squared_norms += jnp.einsum("bpq,bpq->b", a.transpose(0, 2, 1) @ a, g @ g.transpose(0, 2, 1))
-            kernel_grads.append(kernel_grad)
-        bias_grads = [jnp.sum(g, axis=1) if layer.use_bias else None for layer, (_, g) in zip(layers, positions)]
-        squared_norms += sum(jnp.sum(jnp.square(b), axis=1) for b in bias_grads if b is not None)
+        squared_norms, totals = jnp.zeros(batch, jnp.result_type(jnp.float32, *output_grads)), []
+        for layer, a, g in zip(layers, layer_inputs, output_grads):
+            squared, total = _layer_grads(layer, a, g, batch, leaves)
+            squared_norms += squared
+            totals.append(total)
         norms = jnp.sqrt(squared_norms)
 
         weights = clipping.clip_factors(norms, mask, l2_clip_norm)
@@ -391,18 +564,9 @@ class GhostLoss:
         def rows(x):  # zero the rows of dropped examples (a NaN row times 0 would still be NaN)
             return jnp.where(kept.reshape(-1, *[1] * (x.ndim - 1)), x, jnp.zeros_like(x))
 
-        flat_params, treedef = jax.tree_util.tree_flatten_with_path(params)
-        leaves = {_key_names(key_path): leaf for key_path, leaf in flat_params}
         sums = {}
-        for layer, (a, g), kernel_grad, bias_grad in zip(layers, positions, kernel_grads, bias_grads):
-            if kernel_grad is not None:  # one fused pass over the per-example gradients
-                kernel_sum = jnp.sum(rows(kernel_grad * weights[:, None, None]), axis=0)
-            else:
-                kernel_sum = jnp.einsum("bkp,bpf->kf", rows(a) * weights[:, None, None], rows(g))
-            kernel_shape = jnp.shape(leaves[("params", *layer.path, "kernel")])
-            sums[("params", *layer.path, "kernel")] = _kernel_layout(layer, kernel_sum, kernel_shape)
-            if bias_grad is not None:
-                sums[("params", *layer.path, "bias")] = weights @ rows(bias_grad)
+        for total in totals:
+            sums.update(total(weights, rows))
         grad_sum = []
         for key_path, leaf in flat_params:
             summed = sums[_key_names(key_path)]
@@ -444,6 +608,17 @@ def _explicit(a, g) -> bool:
     matrices: ``P·K·F`` against ``P²·(K + F)`` multiplications (the sum's ``P·K·F`` is then saved)."""
     k, positions, f = a.shape[1], a.shape[2], g.shape[2]
     return k * f <= positions * positions * (k + f)
+
+
+def _keep(a, g) -> bool:
+    """Where the norm formed each example's ``[K, F]`` gradient, whether the clipped sum reuses it
+    (a dot with the clip factors over the examples: XLA's reduction over the leading axis of
+    ``[B, K, F]`` was ~10x slower on CPU) or recomputes ``Σᵢ (wᵢ Aᵢ) Gᵢ`` from the layer's
+    ``(A, G)`` (book-keeping, one more matrix product): reuse when the ``[B, K, F]`` gradients
+    take no more memory than ``(A, G)``, so that larger ones need not outlive the norms (WRN-16-4,
+    batch 16: 394 instead of 480 MiB of XLA scratch, no slower)."""
+    k, positions, f = a.shape[1], a.shape[2], g.shape[2]
+    return k * f <= positions * (k + f)
 
 
 def _flatten_copies(inputs, augmult: bool):
