@@ -22,7 +22,7 @@ from pathlib import Path
 REPOSITORY = "dpedu/dpedu"  # GitHub owner/name of the course
 BRANCH = "main"  # what the Colab and Binder badges open (notebooks and library of one commit on Binder)
 # The commit Colab installs the library from (``python -m dpedu.course pin`` sets it to HEAD).
-LIBRARY_COMMIT = "b3b7b84ffbae7ddc2ddc2499cd446f2fcb6cae87"
+LIBRARY_COMMIT = "4e436f88ffbdcaa87c094707bbc9066308e9d701"
 
 NOTEBOOKS = (
     ("01_gaussian_mechanism.ipynb", "The Gaussian mechanism: definition, calibration, privacy loss, hypothesis tests"),
