@@ -18,7 +18,8 @@ Taught in notebooks/03_dpsgd_mnist.ipynb.
 from __future__ import annotations
 
 
-__all__ = ["ExerciseError", "NotDone", "check", "answered", "as_number", "show_solution", "load_solutions",
+__all__ = ["ExerciseError", "NotDone", "check", "check_statements", "answered", "as_number", "show_solution",
+           "load_solutions",
            "check_clipping", "check_poisson_sampler", "check_noise_multiplier"]
 
 
@@ -48,6 +49,30 @@ def as_number(answer, what: str) -> float:
     if not math.isfinite(value):
         raise ExerciseError(f"the answer must be a finite number ({what}), got {value!r}")
     return value
+
+
+def check_statements(answer, verdicts: dict) -> None:
+    """Checks a set of letters against ``verdicts`` (``{letter: (is_true, why)}``), explaining each mistake.
+
+    ``answer`` is a set, list or string of letters (``"BC"``, ``{"b", "c"}``); raises
+    :class:`ExerciseError` naming unknown letters, or giving the reason for (at most two) letters
+    wrongly in or out of the answer.
+    """
+    answered(answer)
+    if isinstance(answer, str):
+        letters = {ch for ch in answer.upper() if ch.isalpha()}
+    else:
+        try:
+            letters = {str(x).strip().upper() for x in answer}
+        except TypeError:
+            raise ExerciseError('answer with the letters of the true statements, e.g. {"A", "D"}') from None
+    unknown = letters - set(verdicts)
+    if unknown:
+        raise ExerciseError(f"unknown statement(s) {', '.join(sorted(unknown))}: the statements are "
+                            f"{min(verdicts)} to {max(verdicts)}")
+    wrong = [why for letter, (true, why) in verdicts.items() if (letter in letters) != true]
+    if wrong:
+        raise ExerciseError("; ".join(wrong[:2]) + (f" (and {len(wrong) - 2} more)" if len(wrong) > 2 else ""))
 
 
 def check(title: str, answer, checker) -> bool:

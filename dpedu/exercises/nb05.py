@@ -11,7 +11,7 @@ import math
 
 from scipy import stats
 
-from dpedu.exercises import ExerciseError, answered
+from dpedu.exercises import ExerciseError, answered, check_statements
 
 __all__ = ["check_noise_for_target", "check_epsilon_lower_bound", "check_prior_aware_statements",
            "NOISE_TARGET", "noise_for_target"]
@@ -149,16 +149,4 @@ _STATEMENTS = {
 
 def check_prior_aware_statements(answer) -> None:
     """``answer``: the letters of the true statements (a set, list or string such as ``"BC"``)."""
-    if isinstance(answer, str):
-        letters = {ch for ch in answer.upper() if ch.isalpha()}
-    else:
-        try:
-            letters = {str(x).strip().upper() for x in answer}
-        except TypeError:
-            _fail('answer with the letters of the true statements, e.g. {"A", "D"}')
-    unknown = letters - set(_STATEMENTS)
-    if unknown:
-        _fail(f"unknown statement(s) {', '.join(sorted(unknown))}: the statements are A to E")
-    wrong = [why for letter, (true, why) in _STATEMENTS.items() if (letter in letters) != true]
-    if wrong:
-        _fail("; ".join(wrong[:2]) + (f" (and {len(wrong) - 2} more)" if len(wrong) > 2 else ""))
+    check_statements(answer, _STATEMENTS)

@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from dpedu.exercises import ExerciseError, answered, as_number
+from dpedu.exercises import ExerciseError, answered, check_statements, as_number
 
 __all__ = ["check_tpr_at_fpr", "check_trials_needed", "check_audit_statements", "check_one_run_ceiling",
            "STATEMENTS", "TRIALS_TARGET", "ONE_RUN_SETTING", "tpr_at_fpr", "trials_needed", "trial_bound",
@@ -296,19 +296,7 @@ _VERDICTS = {
 
 def check_audit_statements(answer) -> None:
     """``answer``: the letters of the true statements (a set, list or string such as ``"BCE"``)."""
-    if isinstance(answer, str):
-        letters = {ch for ch in answer.upper() if ch.isalpha()}
-    else:
-        try:
-            letters = {str(x).strip().upper() for x in answer}
-        except TypeError:
-            _fail('answer with the letters of the true statements, e.g. {"A", "D"}')
-    unknown = letters - set(_VERDICTS)
-    if unknown:
-        _fail(f"unknown statement(s) {', '.join(sorted(unknown))}: the statements are A to F")
-    wrong = [why for letter, (true, why) in _VERDICTS.items() if (letter in letters) != true]
-    if wrong:
-        _fail("; ".join(wrong[:2]) + (f" (and {len(wrong) - 2} more)" if len(wrong) > 2 else ""))
+    check_statements(answer, _VERDICTS)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -30,15 +30,11 @@ Taught in notebooks/05_reconstruction_attack.ipynb.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
 import math
 import os
-import shlex
 import sys
 import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -46,6 +42,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from dpedu import accounting, attacks, auditing, data, provenance
+from dpedu.experiments import _driver
 from dpedu.progress import progress
 
 EXPERIMENT = "reconstruction_attack"
@@ -373,36 +370,25 @@ def load_results(mode: str = "full", results_dir=None) -> dict | None:
     return provenance.load_record(f"attack_{mode}.json", results_dir)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m dpedu.experiments.attack", description=__doc__.splitlines()[0])
-    mode = parser.add_mutually_exclusive_group(required=True)
-    mode.add_argument("--quick", action="store_const", const="quick", dest="mode", help="CI size (< 1 min)")
-    mode.add_argument("--full", action="store_const", const="full", dest="mode",
-                      help="the notebook's stored results (~7 min on 2 CPU cores)")
-    parser.add_argument("--out", required=True, help="write the JSON record here, e.g. results/attack_full.json")
-    parser.add_argument("--data-dir", default=None, help="data folder (default: $DPEDU_DATA_DIR)")
-    return parser
+def report(record: dict) -> str:
+    """The lines the command prints after a run."""
+    lines = [f"ε = {row['epsilon']}: learned attack success {row['learned']['success_rate']:.3f}, prior-aware "
+             f"{row['prior_aware']['success_rate']:.3f} (chance {row['chance']:.3f}, bound {row['gaussian_bound']}), "
+             f"MSE {row['learned']['mse_mean']:.4f}, accuracy {row['test_accuracy']:.3f}, {row['wall_seconds']:.0f} s"
+             for row in record["by_epsilon"]]
+    return "\n".join([*lines, f"convex: max MSE {record['convex']['max_mse']:.2e}"])
+
+
+def build_parser():
+    return _driver.build_parser("attack", __doc__.splitlines()[0], quick_help="CI size (< 1 min)",
+                                full_help="the notebook's stored results (~7 min on 2 CPU cores)",
+                                out_example="dpedu/results/attack_full.json")
 
 
 def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    args = build_parser().parse_args(argv)
-    # `python -m` puts the module's file path in sys.argv[0]; record the command as it is typed.
-    command = " ".join(["python -m dpedu.experiments.attack", *map(shlex.quote, argv)])
-    try:
-        record = run(CONFIGS[args.mode], args.mode, args.data_dir, command=command)
-    except (ValueError, data.DataError) as err:
-        print(f"python -m dpedu.experiments.attack: error: {err}", file=sys.stderr)
-        return 2
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(record, indent=1) + "\n")
-    for row in record["by_epsilon"]:
-        print(f"ε = {row['epsilon']}: learned attack success {row['learned']['success_rate']:.3f}, prior-aware "
-              f"{row['prior_aware']['success_rate']:.3f} (chance {row['chance']:.3f}, bound {row['gaussian_bound']}), "
-              f"MSE {row['learned']['mse_mean']:.4f}, accuracy {row['test_accuracy']:.3f}, {row['wall_seconds']:.0f} s")
-    print(f"convex: max MSE {record['convex']['max_mse']:.2e}; wrote {out} in {record['wall_seconds']:.0f} s")
-    return 0
+    return _driver.main("attack", build_parser(), argv,
+                        lambda args, command: run(CONFIGS[args.mode], args.mode, args.data_dir, command=command),
+                        report)
 
 
 if __name__ == "__main__":

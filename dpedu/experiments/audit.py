@@ -21,14 +21,10 @@ Taught in notebooks/06_auditing.ipynb.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
 import os
-import shlex
 import sys
 import time
-from pathlib import Path
 
 import jax
 import numpy as np
@@ -36,6 +32,7 @@ import optax
 from jax.flatten_util import ravel_pytree
 
 from dpedu import accounting, attacks, auditing, bugs, data, dpsgd, provenance, train
+from dpedu.experiments import _driver
 from dpedu.progress import progress
 
 EXPERIMENT = "dpsgd_audit"
@@ -350,40 +347,29 @@ def one_run_table(record: dict) -> str:
     return "\n".join(lines)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m dpedu.experiments.audit", description=__doc__.splitlines()[0])
-    mode = parser.add_mutually_exclusive_group(required=True)
-    mode.add_argument("--quick", action="store_const", const="quick", dest="mode", help="CI size (< 1 min)")
-    mode.add_argument("--full", action="store_const", const="full", dest="mode",
-                      help="the notebook's stored results (~15 min on 2 CPU cores)")
-    parser.add_argument("--out", required=True, help="write the JSON record here, e.g. dpedu/results/audit_full.json")
-    parser.add_argument("--data-dir", default=None, help="data folder (default: $DPEDU_DATA_DIR)")
-    return parser
+def report(record: dict) -> str:
+    """The lines the command prints after a run."""
+    lines = [f"tight, ε = {row['accountant_epsilon']:.2f}: lower bound {row['epsilon']:.2f} (CP), "
+             f"{row['epsilon_gdp']:.2f} (GDP; ratio {row['ratio_gdp']:.2f}), {row['wall_seconds']:.0f} s"
+             for row in record["tight"]]
+    lines += [f"{name}: claims ε = {row['broken']['claimed_epsilon']}, audited ≥ {row['broken']['epsilon']:.2f} "
+              f"(caught: {row['caught']}); correct twin ≥ {row['correct']['epsilon']:.2f}"
+              for name, row in record["bugs"].items()]
+    lines += [f"one run, ε = {row['accountant_epsilon']:.2f}: lower bound {row['one_run_lower_bound']:.2f}, "
+              f"test accuracy {row['test_accuracy']:.3f}, {row['wall_seconds']:.0f} s" for row in record["one_run"]]
+    return "\n".join(lines)
+
+
+def build_parser():
+    return _driver.build_parser("audit", __doc__.splitlines()[0], quick_help="CI size (< 1 min)",
+                                full_help="the notebook's stored results (~20 min on 2 CPU cores)",
+                                out_example="dpedu/results/audit_full.json")
 
 
 def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    args = build_parser().parse_args(argv)
-    command = " ".join(["python -m dpedu.experiments.audit", *map(shlex.quote, argv)])
-    try:
-        record = run(CONFIGS[args.mode], args.mode, args.data_dir, command=command)
-    except (ValueError, data.DataError) as err:
-        print(f"python -m dpedu.experiments.audit: error: {err}", file=sys.stderr)
-        return 2
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(record, indent=1, default=provenance.jsonable) + "\n")
-    for row in record["tight"]:
-        print(f"tight, ε = {row['accountant_epsilon']:.2f}: lower bound {row['epsilon']:.2f} (CP), "
-              f"{row['epsilon_gdp']:.2f} (GDP; ratio {row['ratio_gdp']:.2f}), {row['wall_seconds']:.0f} s")
-    for name, row in record["bugs"].items():
-        print(f"{name}: claims ε = {row['broken']['claimed_epsilon']}, audited ≥ {row['broken']['epsilon']:.2f} "
-              f"(caught: {row['caught']}); correct twin ≥ {row['correct']['epsilon']:.2f}")
-    for row in record["one_run"]:
-        print(f"one run, ε = {row['accountant_epsilon']:.2f}: lower bound {row['one_run_lower_bound']:.2f}, "
-              f"test accuracy {row['test_accuracy']:.3f}, {row['wall_seconds']:.0f} s")
-    print(f"wrote {out} in {record['wall_seconds']:.0f} s")
-    return 0
+    return _driver.main("audit", build_parser(), argv,
+                        lambda args, command: run(CONFIGS[args.mode], args.mode, args.data_dir, command=command),
+                        report)
 
 
 if __name__ == "__main__":

@@ -50,13 +50,10 @@ Taught in notebooks/07_features.ipynb.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
-import json
 import math
 import os
-import shlex
 import sys
 import tempfile
 import time
@@ -70,6 +67,7 @@ import numpy as np
 import optax
 
 from dpedu import accounting, data, dpsgd, ghost, provenance, sampling, scattering
+from dpedu.experiments import _driver
 from dpedu.progress import progress
 
 EXPERIMENT = "scattering_linear"
@@ -474,21 +472,16 @@ def load_results(dataset: str, mode: str = "full", results_dir=None) -> dict | N
     return provenance.load_record(f"features_{dataset}_{mode}.json", results_dir)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m dpedu.experiments.features", description=__doc__.splitlines()[0])
-    mode = parser.add_mutually_exclusive_group(required=True)
-    mode.add_argument("--quick", action="store_const", const="quick", dest="mode",
-                      help="a few thousand images (~30 s on 2 CPU cores)")
-    mode.add_argument("--full", action="store_const", const="full", dest="mode",
-                      help="Tramèr & Boneh's setting on the full data set")
+def build_parser():
+    parser = _driver.build_parser("features", __doc__.splitlines()[0],
+                                  quick_help="a few thousand images (~30 s on 2 CPU cores)",
+                                  full_help="Tramèr & Boneh's setting on the full data set",
+                                  out_example="dpedu/results/features_mnist_full.json")
     parser.add_argument("--dataset", required=True, choices=("mnist", "cifar10"))
-    parser.add_argument("--out", required=True, help="write the JSON record here, e.g. "
-                        "dpedu/results/features_mnist_full.json")
     parser.add_argument("--source", default=None, help="data source of dpedu.data (default: the config's; "
                         "'jpeg' for the CIFAR-10 JPEG copy)")
     parser.add_argument("--normalization", default=None, choices=NORMALIZATIONS,
                         help="feature normalisation (default: private, Tramèr & Boneh's data normalisation)")
-    parser.add_argument("--data-dir", default=None, help="data folder (default: $DPEDU_DATA_DIR)")
     parser.add_argument("--cache-dir", default=None, help="cache folder for the features "
                         "(default: $DPEDU_CACHE_DIR or ~/.cache/dpedu)")
     parser.add_argument("--noise-seed", type=int, default=None,
@@ -496,27 +489,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    args = build_parser().parse_args(argv)
-    command = " ".join(["python -m dpedu.experiments.features", *map(shlex.quote, argv)])
-    config = CONFIGS[(args.dataset, args.mode)]
+def report(record: dict) -> str:
+    """The line the command prints after a run."""
+    return (f"{record['dataset']['name']}: test accuracy {record['test_accuracy']:.4f} (Tramèr & Boneh: "
+            f"{record['paper_test_accuracy']:.3f}), ε = {record['epsilon']:.3f} at δ = {record['delta']:g} "
+            f"({record['accountant']}, σ = {record['noise_multiplier']:.3g}, {record['steps']} steps, "
+            f"{record['normalization']['kind']} normalisation)")
+
+
+def _run(args, command: str) -> dict:
     overrides = {name: value for name, value in (("source", args.source), ("normalization", args.normalization))
                  if value is not None}
-    try:
-        config = dataclasses.replace(config, **overrides)
-        record = run(config, args.mode, args.data_dir, args.cache_dir, args.noise_seed, command=command)
-    except (ValueError, data.DataError) as err:
-        print(f"python -m dpedu.experiments.features: error: {err}", file=sys.stderr)
-        return 2
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(record, indent=1, default=provenance.jsonable) + "\n")
-    print(f"{record['dataset']['name']}: test accuracy {record['test_accuracy']:.4f} (Tramèr & Boneh: "
-          f"{record['paper_test_accuracy']:.3f}), ε = {record['epsilon']:.3f} at δ = {record['delta']:g} "
-          f"({record['accountant']}, σ = {record['noise_multiplier']:.3g}, {record['steps']} steps, "
-          f"{record['normalization']['kind']} normalisation), {record['wall_seconds']:.0f} s; wrote {out}")
-    return 0
+    config = dataclasses.replace(CONFIGS[(args.dataset, args.mode)], **overrides)
+    return run(config, args.mode, args.data_dir, args.cache_dir, args.noise_seed, command=command)
+
+
+def main(argv=None) -> int:
+    return _driver.main("features", build_parser(), argv, _run, report)
 
 
 if __name__ == "__main__":

@@ -26,15 +26,11 @@ Taught in notebooks/06_auditing.ipynb.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
 import math
 import os
-import shlex
 import sys
 import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -43,6 +39,7 @@ from jax.flatten_util import ravel_pytree
 from scipy import stats
 
 from dpedu import accounting, attacks, data, membership, provenance
+from dpedu.experiments import _driver
 from dpedu.progress import progress
 
 EXPERIMENT = "membership_inference"
@@ -311,42 +308,30 @@ def plot_roc(record: dict, ax=None):
     return ax
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m dpedu.experiments.membership",
-                                     description=__doc__.splitlines()[0])
-    mode = parser.add_mutually_exclusive_group(required=True)
-    mode.add_argument("--quick", action="store_const", const="quick", dest="mode",
-                      help="the notebook's live size (< 1 min on 2 CPU cores)")
-    mode.add_argument("--full", action="store_const", const="full", dest="mode",
-                      help="the notebook's stored results (~5 min on 2 CPU cores)")
-    parser.add_argument("--out", required=True,
-                        help="write the JSON record here, e.g. dpedu/results/membership_full.json")
-    parser.add_argument("--data-dir", default=None, help="data folder (default: $DPEDU_DATA_DIR)")
-    return parser
-
-
-def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    args = build_parser().parse_args(argv)
-    # `python -m` puts the module's file path in sys.argv[0]; record the command as it is typed.
-    command = " ".join(["python -m dpedu.experiments.membership", *map(shlex.quote, argv)])
-    try:
-        record = run(CONFIGS[args.mode], args.mode, args.data_dir, command=command)
-    except (ValueError, data.DataError) as err:
-        print(f"python -m dpedu.experiments.membership: error: {err}", file=sys.stderr)
-        return 2
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(record, indent=1) + "\n")
+def report(record: dict) -> str:
+    """The lines the command prints after a run."""
+    lines = []
     for row in record["by_epsilon"]:
         lira, loss = row["lira"], row["loss_threshold"]
         sigma = "-" if row["noise_multiplier"] is None else f"{row['noise_multiplier']:.2f}"
-        print(f"ε = {row['epsilon']} (σ {sigma}): test accuracy {row['test_accuracy']:.3f}, train "
-              f"{row['train_accuracy']:.3f}; LiRA TPR@0.1% {lira['tpr_at_fpr_0.001']:.4f}, TPR@1% "
-              f"{lira['tpr_at_fpr_0.01']:.4f}, AUC {lira['auc']:.3f}; loss threshold TPR@0.1% "
-              f"{loss['tpr_at_fpr_0.001']:.4f}, AUC {loss['auc']:.3f}; {row['wall_seconds']:.0f} s")
-    print(f"{record['data']}; wrote {out} in {record['wall_seconds']:.0f} s")
-    return 0
+        lines.append(f"ε = {row['epsilon']} (σ {sigma}): test accuracy {row['test_accuracy']:.3f}, train "
+                     f"{row['train_accuracy']:.3f}; LiRA TPR@0.1% {lira['tpr_at_fpr_0.001']:.4f}, TPR@1% "
+                     f"{lira['tpr_at_fpr_0.01']:.4f}, AUC {lira['auc']:.3f}; loss threshold TPR@0.1% "
+                     f"{loss['tpr_at_fpr_0.001']:.4f}, AUC {loss['auc']:.3f}; {row['wall_seconds']:.0f} s")
+    return "\n".join([*lines, record["data"]])
+
+
+def build_parser():
+    return _driver.build_parser("membership", __doc__.splitlines()[0],
+                                quick_help="the notebook's live size (< 1 min on 2 CPU cores)",
+                                full_help="the notebook's stored results (~5 min on 2 CPU cores)",
+                                out_example="dpedu/results/membership_full.json")
+
+
+def main(argv=None) -> int:
+    return _driver.main("membership", build_parser(), argv,
+                        lambda args, command: run(CONFIGS[args.mode], args.mode, args.data_dir, command=command),
+                        report)
 
 
 if __name__ == "__main__":
