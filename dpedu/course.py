@@ -22,7 +22,7 @@ from pathlib import Path
 REPOSITORY = "dpedu/dpedu"  # GitHub owner/name of the course
 BRANCH = "main"  # what the Colab and Binder badges open (notebooks and library of one commit on Binder)
 # The commit Colab installs the library from (``python -m dpedu.course pin`` sets it to HEAD).
-LIBRARY_COMMIT = "4e436f88ffbdcaa87c094707bbc9066308e9d701"
+LIBRARY_COMMIT = "95f99f0b9d330b31f2c279760fb7f4ebb1d4ed74"
 
 NOTEBOOKS = (
     ("01_gaussian_mechanism.ipynb", "The Gaussian mechanism: definition, calibration, privacy loss, hypothesis tests"),
