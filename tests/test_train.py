@@ -41,7 +41,11 @@ def test_quick_cnn_run_records_everything_and_accounts_poisson(mnist_5k):
     assert 0.97 * config.target_epsilon < record["epsilon"] <= config.target_epsilon  # σ calibrated to 1 %
     assert [h["step"] for h in record["history"]] == [10, 20]
     assert record["history"][0]["epsilon"] < record["history"][1]["epsilon"] == record["epsilon"]
-    assert record["test_accuracy"] == record["history"][-1]["test_accuracy"] > 0.2  # learns (chance: 0.1; the noise is secret, so the margin covers run-to-run spread)
+    assert record["test_accuracy"] == record["history"][-1]["test_accuracy"]
+    # It learns (chance: 0.1). With the default secret noise every run differs (0.27-0.45 over 8 runs,
+    # and once below 0.2 in CI), so this is checked on a run whose noise seed is published.
+    seeded = train.train(config, dataset=mnist_5k, progress=False, noise_seed=0)
+    assert seeded["test_accuracy"] > 0.2
     # The diagnostics are exact functions of the private data: kept apart, labelled as not covered by ε.
     assert "mean_clipped_fraction" not in record and "mean_batch_size" not in record
     diagnostics = record["non_private_diagnostics"]
