@@ -47,3 +47,12 @@ def main(module: str, parser: argparse.ArgumentParser, argv, run: Callable[[argp
     out.write_text(json.dumps(record, indent=1, default=provenance.jsonable) + "\n")
     print(f"{report(record)}\nwrote {out} in {record['wall_seconds']:.0f} s")
     return 0
+
+
+def load_results(experiment: str, key, configs: dict, results_dir=None) -> dict | None:
+    """The stored record ``<experiment>_<key>.json`` (``key`` a mode, or a tuple such as
+    ``(dataset, mode)`` joined by ``_``), or None if it was not run yet; ``key`` must name a config."""
+    if key not in configs:
+        raise ValueError(f"must be one of {sorted(configs)}, got {key!r}")
+    suffix = "_".join(key) if isinstance(key, tuple) else key
+    return provenance.load_record(f"{experiment}_{suffix}.json", results_dir)

@@ -365,9 +365,7 @@ def load_results(mode: str = "full", results_dir=None) -> dict | None:
 
     Taught in notebooks/05_reconstruction_attack.ipynb.
     """
-    if mode not in CONFIGS:
-        raise ValueError(f"mode must be one of {sorted(CONFIGS)}, got {mode!r}")
-    return provenance.load_record(f"attack_{mode}.json", results_dir)
+    return _driver.load_results("attack", mode, CONFIGS, results_dir)
 
 
 def report(record: dict) -> str:

@@ -467,9 +467,7 @@ def load_results(dataset: str, mode: str = "full", results_dir=None) -> dict | N
 
     Taught in notebooks/07_features.ipynb.
     """
-    if (dataset, mode) not in CONFIGS:
-        raise ValueError(f"(dataset, mode) must be one of {sorted(CONFIGS)}, got {(dataset, mode)!r}")
-    return provenance.load_record(f"features_{dataset}_{mode}.json", results_dir)
+    return _driver.load_results("features", (dataset, mode), CONFIGS, results_dir)
 
 
 def build_parser():

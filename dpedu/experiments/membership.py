@@ -259,9 +259,7 @@ def load_results(mode: str = "full", results_dir=None) -> dict | None:
 
     Taught in notebooks/06_auditing.ipynb.
     """
-    if mode not in CONFIGS:
-        raise ValueError(f"mode must be one of {sorted(CONFIGS)}, got {mode!r}")
-    return provenance.load_record(f"membership_{mode}.json", results_dir)
+    return _driver.load_results("membership", mode, CONFIGS, results_dir)
 
 
 def _setting_name(row: dict) -> str:
