@@ -22,7 +22,7 @@ from pathlib import Path
 REPOSITORY = "dpedu/dpedu"  # GitHub owner/name of the course
 BRANCH = "main"  # what the Colab and Binder badges open (notebooks and library of one commit on Binder)
 # The commit Colab installs the library from (``python -m dpedu.course pin`` sets it to HEAD).
-LIBRARY_COMMIT = "5f0fa7fa610bb49cf92d7e224490c0467e5c42cd"
+LIBRARY_COMMIT = "a2987e5cf4332ba4abb75b28e08a05c0933986e9"
 
 NOTEBOOKS = (
     ("01_gaussian_mechanism.ipynb", "The Gaussian mechanism: definition, calibration, privacy loss, hypothesis tests"),
